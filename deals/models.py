@@ -1,0 +1,324 @@
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+from funnels.models import REQUIRABLE_DEAL_FIELDS, Funnel, LossReason, Stage
+
+
+class DealStatus(models.TextChoices):
+    OPEN = "open", _("Open")
+    POSTPONED = "postponed", _("Postponed")
+    WON = "won", _("Won")
+    LOST = "lost", _("Lost")
+
+
+CLOSED_STATUSES = (DealStatus.WON, DealStatus.LOST)
+
+
+class Temperature(models.TextChoices):
+    WARM = "warm", _("Warm")
+    COLD = "cold", _("Cold")
+
+
+class Contact(models.Model):
+    """A client: shared by all of his deals. Phone and email are kept normalised too."""
+
+    name = models.CharField(_("name"), max_length=200)
+    phone = models.CharField(_("phone"), max_length=40, blank=True)
+    email = models.EmailField(_("email"), blank=True)
+    company = models.CharField(_("company"), max_length=200, blank=True)
+    phone_normalized = models.CharField(max_length=20, blank=True, db_index=True, editable=False)
+    email_normalized = models.CharField(max_length=254, blank=True, db_index=True, editable=False)
+    created_at = models.DateTimeField(_("created at"), default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = _("client")
+        verbose_name_plural = _("clients")
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.company})" if self.company else self.name
+
+
+class Deal(models.Model):
+    funnel = models.ForeignKey(
+        Funnel, verbose_name=_("funnel"), on_delete=models.PROTECT, related_name="deals"
+    )
+    stage = models.ForeignKey(
+        Stage, verbose_name=_("stage"), on_delete=models.PROTECT, related_name="deals"
+    )
+    status = models.CharField(
+        _("status"), max_length=10, choices=DealStatus.choices, default=DealStatus.OPEN
+    )
+    title = models.CharField(_("title"), max_length=255)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("owner"),
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="deals",
+    )
+    contact = models.ForeignKey(
+        Contact,
+        verbose_name=_("client"),
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="deals",
+    )
+    amount = models.DecimalField(
+        _("amount"), max_digits=14, decimal_places=2, null=True, blank=True
+    )
+    source = models.CharField(_("source"), max_length=100, blank=True)
+    product = models.CharField(_("product"), max_length=100, blank=True)
+    region = models.CharField(_("region"), max_length=100, blank=True)
+    temperature = models.CharField(
+        _("temperature"), max_length=4, choices=Temperature.choices, blank=True
+    )
+    expected_close_date = models.DateField(_("expected close date"), null=True, blank=True)
+    next_contact_at = models.DateTimeField(_("next contact at"), null=True, blank=True)
+    loss_reason = models.ForeignKey(
+        LossReason,
+        verbose_name=_("loss reason"),
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="deals",
+    )
+    loss_comment = models.TextField(_("loss comment"), blank=True)
+    custom_fields = models.JSONField(_("custom fields"), default=dict, blank=True)
+    # NULL, not "", for "none": the unique constraint below ignores NULLs.
+    external_id = models.CharField(  # noqa: DJ001
+        _("external id"), max_length=120, null=True, blank=True
+    )
+    created_at = models.DateTimeField(_("created at"), default=timezone.now, db_index=True)
+    stage_entered_at = models.DateTimeField(_("in the stage since"), default=timezone.now)
+    closed_at = models.DateTimeField(_("closed at"), null=True, blank=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+    version = models.PositiveIntegerField(
+        _("version"), default=1, help_text=_("Grows with every change; stale edits are refused.")
+    )
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = _("deal")
+        verbose_name_plural = _("deals")
+        indexes = [
+            models.Index(fields=["funnel", "status", "stage"], name="deal_board_idx"),
+            models.Index(fields=["owner", "status"], name="deal_owner_status_idx"),
+            models.Index(fields=["status", "next_contact_at"], name="deal_postponed_due_idx"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=~Q(status=DealStatus.LOST) | Q(loss_reason__isnull=False),
+                name="deal_lost_has_reason",
+            ),
+            models.CheckConstraint(
+                condition=~Q(status=DealStatus.POSTPONED) | Q(next_contact_at__isnull=False),
+                name="deal_postponed_has_next_contact",
+            ),
+            models.CheckConstraint(
+                condition=(Q(status__in=CLOSED_STATUSES) & Q(closed_at__isnull=False))
+                | (~Q(status__in=CLOSED_STATUSES) & Q(closed_at__isnull=True)),
+                name="deal_closed_at_iff_closed",
+            ),
+            models.CheckConstraint(
+                condition=Q(amount__isnull=True) | Q(amount__gte=0),
+                name="deal_amount_not_negative",
+            ),
+            models.CheckConstraint(
+                condition=Q(status__in=DealStatus.values), name="deal_status_valid"
+            ),
+            models.UniqueConstraint(
+                fields=["funnel", "external_id"],
+                condition=Q(external_id__isnull=False),
+                name="deal_unique_external_id_per_funnel",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.title
+
+    @property
+    def is_closed(self) -> bool:
+        return self.status in CLOSED_STATUSES
+
+    def field_is_filled(self, name: str) -> bool:
+        """Whether a requirable field (built-in or custom key) has a value."""
+        if name in REQUIRABLE_DEAL_FIELDS:
+            if name == "contact":
+                return self.contact_id is not None
+            if name in ("contact_phone", "contact_email", "company"):
+                attr = {"contact_phone": "phone", "contact_email": "email"}.get(name, name)
+                return bool(self.contact and getattr(self.contact, attr))
+            value = getattr(self, name)
+            return value is not None and value != ""
+        value = (self.custom_fields or {}).get(name)
+        return value is not None and value != ""
+
+
+class _AppendOnly(models.Model):
+    """History rows are written once and never changed or deleted."""
+
+    class Meta:
+        abstract = True
+
+    def save(self, *args, **kwargs) -> None:
+        if self.pk is not None and not self._state.adding:
+            raise RuntimeError(f"{type(self).__name__} rows are immutable history.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise RuntimeError(f"{type(self).__name__} rows are immutable history.")
+
+
+class StageChange(_AppendOnly):
+    """A deal entering a stage. Creating a deal writes one with no ``from_stage``."""
+
+    deal = models.ForeignKey(
+        Deal, verbose_name=_("deal"), on_delete=models.PROTECT, related_name="stage_changes"
+    )
+    from_stage = models.ForeignKey(
+        Stage,
+        verbose_name=_("from stage"),
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    to_stage = models.ForeignKey(
+        Stage, verbose_name=_("to stage"), on_delete=models.PROTECT, related_name="+"
+    )
+    at = models.DateTimeField(_("at"), default=timezone.now)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("by"),
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+
+    class Meta:
+        ordering = ["deal", "at", "id"]
+        verbose_name = _("stage change")
+        verbose_name_plural = _("stage changes")
+        indexes = [models.Index(fields=["deal", "at"], name="stagechange_deal_at_idx")]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(from_stage__isnull=True) | ~Q(from_stage=models.F("to_stage")),
+                name="stagechange_moves",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.deal_id}: {self.from_stage_id} → {self.to_stage_id}"
+
+
+class StatusChange(_AppendOnly):
+    deal = models.ForeignKey(
+        Deal, verbose_name=_("deal"), on_delete=models.PROTECT, related_name="status_changes"
+    )
+    from_status = models.CharField(_("from status"), max_length=10, choices=DealStatus.choices)
+    to_status = models.CharField(_("to status"), max_length=10, choices=DealStatus.choices)
+    at = models.DateTimeField(_("at"), default=timezone.now)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("by"),
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    stage = models.ForeignKey(
+        Stage,
+        verbose_name=_("stage"),
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text=_("The stage the deal was on."),
+    )
+    loss_reason = models.ForeignKey(
+        LossReason, verbose_name=_("loss reason"), on_delete=models.PROTECT, null=True, blank=True
+    )
+    comment = models.TextField(_("comment"), blank=True)
+    next_contact_at = models.DateTimeField(_("next contact at"), null=True, blank=True)
+
+    class Meta:
+        ordering = ["deal", "at", "id"]
+        verbose_name = _("status change")
+        verbose_name_plural = _("status changes")
+        indexes = [models.Index(fields=["deal", "at"], name="statuschange_deal_at_idx")]
+        constraints = [
+            models.CheckConstraint(
+                condition=~Q(to_status=DealStatus.LOST) | Q(loss_reason__isnull=False),
+                name="statuschange_lost_has_reason",
+            ),
+            models.CheckConstraint(
+                condition=~Q(from_status=models.F("to_status")), name="statuschange_changes"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.deal_id}: {self.from_status} → {self.to_status}"
+
+
+class Task(models.Model):
+    deal = models.ForeignKey(
+        Deal, verbose_name=_("deal"), on_delete=models.PROTECT, related_name="tasks"
+    )
+    assignee = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("assignee"),
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="tasks",
+    )
+    title = models.CharField(_("title"), max_length=200)
+    due_at = models.DateTimeField(_("due at"))
+    done_at = models.DateTimeField(_("done at"), null=True, blank=True)
+    created_at = models.DateTimeField(_("created at"), default=timezone.now)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("created by"),
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+
+    class Meta:
+        ordering = ["due_at", "id"]
+        verbose_name = _("task")
+        verbose_name_plural = _("tasks")
+        indexes = [models.Index(fields=["assignee", "done_at", "due_at"], name="task_todo_idx")]
+
+    def __str__(self) -> str:
+        return self.title
+
+
+class Note(models.Model):
+    deal = models.ForeignKey(
+        Deal, verbose_name=_("deal"), on_delete=models.PROTECT, related_name="notes"
+    )
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("author"),
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    text = models.TextField(_("text"))
+    created_at = models.DateTimeField(_("created at"), default=timezone.now)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        verbose_name = _("note")
+        verbose_name_plural = _("notes")
+
+    def __str__(self) -> str:
+        return self.text[:60]

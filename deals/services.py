@@ -1,0 +1,739 @@
+"""Every change of state of a deal: one function each, the only door.
+
+Each function locks the deal (``select_for_update``), re-reads it, checks the
+actor's right and the funnel's rules, saves only the changed fields, bumps the
+version and appends the history row, all in one transaction. A broken rule
+raises a ``crm.errors.DomainError`` subclass and changes nothing.
+
+``actor=None`` means the system (a scheduled task, the importer): it skips the
+permission check but never the funnel's rules. ``at`` lets the importer and
+the demo write history in the past; it defaults to now.
+"""
+
+import datetime
+import re
+from collections.abc import Iterable
+from decimal import Decimal, InvalidOperation
+
+from django.db import transaction
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from accounts.models import User
+from crm.errors import Conflict, Forbidden, InvalidInput, NotFound
+from deals.models import (
+    Contact,
+    Deal,
+    DealStatus,
+    Note,
+    StageChange,
+    StatusChange,
+    Task,
+    Temperature,
+)
+from deals.selectors import user_can_change_deal
+from funnels.models import REQUIRABLE_DEAL_FIELDS, Funnel, LossReason, Stage
+from funnels.services import custom_values_clean
+
+# Fields a person may set on a deal directly (stage and status have their own doors).
+EDITABLE_FIELDS = (
+    "title",
+    "amount",
+    "source",
+    "product",
+    "region",
+    "temperature",
+    "expected_close_date",
+    "custom_fields",
+)
+CONTACT_FIELDS = {
+    "contact_name": "name",
+    "contact_phone": "phone",
+    "contact_email": "email",
+    "company": "company",
+}
+
+
+# ---------------------------------------------------------------- clients
+
+
+def normalize_phone(phone: str) -> str:
+    """Digits only, Russian numbers as 7XXXXXXXXXX, so that 8 (900) … and +7 900 … match."""
+    digits = re.sub(r"\D", "", phone or "")
+    if len(digits) == 11 and digits.startswith("8"):
+        digits = "7" + digits[1:]
+    elif len(digits) == 10 and digits.startswith("9"):
+        digits = "7" + digits
+    return digits
+
+
+def normalize_email(email: str) -> str:
+    return (email or "").strip().lower()
+
+
+_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def contact_find_or_create(
+    *, name: str = "", phone: str = "", email: str = "", company: str = "", at=None
+) -> Contact:
+    """The client with this phone or email, or a new one. Blank details are filled in."""
+    phone_n, email_n = normalize_phone(phone), normalize_email(email)
+    errors = {}
+    if email and not _EMAIL_RE.match(email.strip()):
+        errors["contact_email"] = _("“%(value)s” is not an email address.") % {"value": email}
+    if phone and not 7 <= len(phone_n) <= 15:
+        errors["contact_phone"] = _("“%(value)s” is not a phone number.") % {"value": phone}
+    if not (name or phone or email or company):
+        errors["contact_name"] = _("Give the client a name, phone or email.")
+    if errors:
+        raise InvalidInput(
+            _("The client's details are invalid: fix the marked fields."), fields=errors
+        )
+    contact = None
+    if phone_n:
+        contact = Contact.objects.filter(phone_normalized=phone_n).order_by("id").first()
+    if contact is None and email_n:
+        contact = Contact.objects.filter(email_normalized=email_n).order_by("id").first()
+    if contact is None:
+        return Contact.objects.create(
+            name=(name or company or phone or email).strip(),
+            phone=phone.strip(),
+            email=email.strip(),
+            company=company.strip(),
+            phone_normalized=phone_n,
+            email_normalized=email_n,
+            created_at=at or timezone.now(),
+        )
+    changed = []
+    for attr, value in (("phone", phone), ("email", email), ("company", company)):
+        if value and not getattr(contact, attr):
+            setattr(contact, attr, value.strip())
+            changed.append(attr)
+    if changed:
+        contact.phone_normalized = normalize_phone(contact.phone)
+        contact.email_normalized = normalize_email(contact.email)
+        contact.save(update_fields=[*changed, "phone_normalized", "email_normalized"])
+    return contact
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _lock(deal: Deal | int) -> Deal:
+    deal_id = deal.pk if isinstance(deal, Deal) else deal
+    try:
+        return (
+            Deal.objects.select_for_update(of=("self",))
+            .select_related("funnel", "stage", "owner", "contact")
+            .get(pk=deal_id)
+        )
+    except Deal.DoesNotExist:
+        raise NotFound(_("Deal %(id)s does not exist.") % {"id": deal_id}) from None
+
+
+def _check_actor(actor: User | None, deal: Deal) -> None:
+    if actor is not None and not user_can_change_deal(actor, deal):
+        raise Forbidden(_("You cannot change this deal: it belongs to another manager."))
+
+
+def _check_version(deal: Deal, expected_version: int | None) -> None:
+    if expected_version is not None and int(expected_version) != deal.version:
+        raise Conflict(
+            _("Someone changed this deal while you were looking at it. Reload it and try again.")
+        )
+
+
+def _field_label(funnel: Funnel, name: str) -> str:
+    if name in REQUIRABLE_DEAL_FIELDS:
+        return str(REQUIRABLE_DEAL_FIELDS[name])
+    for field in funnel.custom_fields.all():
+        if field.key == name:
+            return field.label
+    return name
+
+
+def _check_required(deal: Deal, stages: Iterable[Stage], action: str) -> None:
+    """Raise naming every field required by ``stages`` that the deal lacks."""
+    missing: dict[str, str] = {}
+    for stage in stages:
+        for name in stage.required_fields or []:
+            if name not in missing and not deal.field_is_filled(name):
+                missing[name] = _("Required by the stage “%(stage)s”.") % {"stage": stage.name}
+    if missing:
+        labels = ", ".join(_field_label(deal.funnel, name) for name in missing)
+        raise InvalidInput(
+            _("To %(action)s, fill in: %(fields)s.") % {"action": action, "fields": labels},
+            fields=missing,
+        )
+
+
+def _parse_amount(raw) -> Decimal | None:
+    if raw is None or raw == "":
+        return None
+    try:
+        amount = Decimal(str(raw).replace(" ", "").replace(",", "."))
+    except InvalidOperation:
+        raise InvalidInput(
+            _("The amount is not a number."),
+            fields={"amount": _("“%(value)s” is not a number.") % {"value": raw}},
+        ) from None
+    if not amount.is_finite() or amount < 0 or amount >= Decimal("1e12"):
+        raise InvalidInput(
+            _("The amount must be zero or more."),
+            fields={"amount": _("Enter an amount from 0 to 999 999 999 999.")},
+        )
+    return amount.quantize(Decimal("0.01"))
+
+
+def _parse_date(raw, name: str) -> datetime.date | None:
+    if raw is None or raw == "":
+        return None
+    if isinstance(raw, datetime.date):
+        return raw
+    try:
+        return datetime.date.fromisoformat(str(raw))
+    except ValueError:
+        raise InvalidInput(
+            _("The date is invalid."),
+            fields={name: _("“%(value)s” is not a date (YYYY-MM-DD).") % {"value": raw}},
+        ) from None
+
+
+def _parse_datetime(raw, name: str) -> datetime.datetime | None:
+    if raw is None or raw == "":
+        return None
+    value = raw
+    if not isinstance(raw, datetime.datetime):
+        try:
+            value = datetime.datetime.fromisoformat(str(raw))
+        except ValueError:
+            raise InvalidInput(
+                _("The date and time are invalid."),
+                fields={name: _("“%(value)s” is not a date and time.") % {"value": raw}},
+            ) from None
+    if timezone.is_naive(value):
+        value = timezone.make_aware(value)
+    return value
+
+
+def _apply_values(deal: Deal, values: dict) -> list[str]:
+    """Validate and set editable fields and client details; return changed field names."""
+    unknown = set(values) - set(EDITABLE_FIELDS) - set(CONTACT_FIELDS)
+    if unknown:
+        raise InvalidInput(
+            _("Unknown deal fields: %(names)s.") % {"names": ", ".join(sorted(unknown))},
+            fields={name: _("No such field.") for name in unknown},
+        )
+    changed: list[str] = []
+    for name in EDITABLE_FIELDS:
+        if name not in values:
+            continue
+        raw = values[name]
+        if name == "title":
+            value = (raw or "").strip()
+            if not value:
+                raise InvalidInput(
+                    _("A deal needs a title."), fields={"title": _("Enter a title.")}
+                )
+        elif name == "amount":
+            value = _parse_amount(raw)
+        elif name == "expected_close_date":
+            value = _parse_date(raw, name)
+        elif name == "temperature":
+            value = raw or ""
+            if value not in ("", *Temperature.values):
+                raise InvalidInput(
+                    _("Temperature is warm or cold."),
+                    fields={"temperature": _("Choose warm or cold.")},
+                )
+        elif name == "custom_fields":
+            cleaned = custom_values_clean(deal.funnel, raw or {})
+            value = {**(deal.custom_fields or {}), **cleaned}
+            value = {k: v for k, v in value.items() if v is not None}
+        else:
+            value = (raw or "").strip()
+        if getattr(deal, name) != value:
+            setattr(deal, name, value)
+            changed.append(name)
+    contact_values = {
+        attr: values[key] or "" for key, attr in CONTACT_FIELDS.items() if key in values
+    }
+    if contact_values:
+        if deal.contact_id is None:
+            deal.contact = contact_find_or_create(**contact_values)
+            changed.append("contact")
+        else:
+            _contact_update(deal.contact, contact_values)
+    return changed
+
+
+def _contact_update(contact: Contact, values: dict) -> None:
+    errors = {}
+    if values.get("email") and not _EMAIL_RE.match(values["email"].strip()):
+        errors["contact_email"] = _("“%(value)s” is not an email address.") % {
+            "value": values["email"]
+        }
+    if values.get("phone") and not 7 <= len(normalize_phone(values["phone"])) <= 15:
+        errors["contact_phone"] = _("“%(value)s” is not a phone number.") % {
+            "value": values["phone"]
+        }
+    if "name" in values and not values["name"].strip():
+        errors["contact_name"] = _("The client needs a name.")
+    if errors:
+        raise InvalidInput(
+            _("The client's details are invalid: fix the marked fields."), fields=errors
+        )
+    for attr, value in values.items():
+        setattr(contact, attr, value.strip())
+    contact.phone_normalized = normalize_phone(contact.phone)
+    contact.email_normalized = normalize_email(contact.email)
+    contact.save()
+
+
+def _create_stage_tasks(deal: Deal, stage: Stage, at: datetime.datetime) -> None:
+    Task.objects.bulk_create(
+        Task(
+            deal=deal,
+            assignee=deal.owner,
+            title=template.title,
+            due_at=at + datetime.timedelta(minutes=template.due_in_minutes),
+            created_at=at,
+        )
+        for template in stage.task_templates.all()
+    )
+
+
+def _save(deal: Deal, fields: Iterable[str]) -> None:
+    deal.version += 1
+    deal.save(update_fields=sorted({*fields, "version", "updated_at"}))
+
+
+def _set_status(
+    deal: Deal,
+    to_status: str,
+    *,
+    actor: User | None,
+    at: datetime.datetime,
+    loss_reason: LossReason | None = None,
+    comment: str = "",
+    next_contact_at: datetime.datetime | None = None,
+) -> None:
+    StatusChange.objects.create(
+        deal=deal,
+        from_status=deal.status,
+        to_status=to_status,
+        at=at,
+        actor=actor,
+        stage=deal.stage,
+        loss_reason=loss_reason,
+        comment=comment,
+        next_contact_at=next_contact_at,
+    )
+    deal.status = to_status
+
+
+# ---------------------------------------------------------------- deals
+
+
+@transaction.atomic
+def deal_create(
+    *,
+    actor: User | None,
+    funnel: Funnel,
+    title: str,
+    stage: Stage | None = None,
+    owner: User | None = None,
+    contact: Contact | None = None,
+    values: dict | None = None,
+    external_id: str | None = None,
+    at: datetime.datetime | None = None,
+) -> Deal:
+    """Open a deal at the funnel's first stage (or ``stage``) and write its first StageChange.
+
+    ``values`` holds editable fields and client details (``contact_name``,
+    ``contact_phone``, ``contact_email``, ``company``). The required fields of
+    every stage up to the entry stage apply; the entry stage's tasks are made.
+    A manager may create deals only for himself (or unassigned in his funnels).
+    """
+    at = at or timezone.now()
+    if not funnel.is_active:
+        raise InvalidInput(_("The funnel “%(name)s” is archived.") % {"name": funnel.name})
+    stages = list(funnel.stages.order_by("position"))
+    if not stages:
+        raise InvalidInput(_("The funnel has no stages yet."))
+    if stage is None:
+        stage = stages[0]
+    elif stage.funnel_id != funnel.pk:
+        raise InvalidInput(
+            _("The stage “%(stage)s” is not in the funnel “%(funnel)s”.")
+            % {"stage": stage.name, "funnel": funnel.name},
+            fields={"stage": _("Choose a stage of this funnel.")},
+        )
+    if owner is not None and not owner.is_active:
+        raise InvalidInput(
+            _("%(user)s is deactivated and cannot own deals.") % {"user": owner},
+            fields={"owner": _("Choose an active user.")},
+        )
+    deal = Deal(
+        funnel=funnel,
+        stage=stage,
+        title="",
+        owner=owner,
+        contact=contact,
+        external_id=external_id or None,
+        created_at=at,
+        stage_entered_at=at,
+    )
+    _check_actor(actor, deal)
+    _apply_values(deal, {"title": title, **(values or {})})
+    _check_required(
+        deal,
+        [s for s in stages if s.position <= stage.position],
+        _("open the deal at “%(stage)s”") % {"stage": stage.name},
+    )
+    deal.save()
+    StageChange.objects.create(deal=deal, from_stage=None, to_stage=stage, at=at, actor=actor)
+    _create_stage_tasks(deal, stage, at)
+    return deal
+
+
+@transaction.atomic
+def deal_update(
+    *, actor: User | None, deal: Deal | int, values: dict, expected_version: int | None = None
+) -> Deal:
+    """Edit a deal's fields and client details. Stage and status have their own functions."""
+    deal = _lock(deal)
+    _check_actor(actor, deal)
+    _check_version(deal, expected_version)
+    changed = _apply_values(deal, values)
+    if changed:
+        _save(deal, changed)
+    return deal
+
+
+@transaction.atomic
+def deal_move_to_stage(
+    *,
+    actor: User | None,
+    deal: Deal | int,
+    stage: Stage,
+    values: dict | None = None,
+    expected_version: int | None = None,
+    at: datetime.datetime | None = None,
+) -> Deal:
+    """Move a deal to any stage of its funnel: forward, backward or skipping.
+
+    ``values`` fills fields in the same step (the board's dialog). Entering
+    stage k needs the required fields of stages 1..k; the error names every
+    missing one and nothing is saved. The entered stage's tasks are made.
+    """
+    at = at or timezone.now()
+    deal = _lock(deal)
+    _check_actor(actor, deal)
+    _check_version(deal, expected_version)
+    if deal.is_closed:
+        raise InvalidInput(
+            _("The deal is %(status)s. Reopen it before moving it.")
+            % {"status": deal.get_status_display().lower()}
+        )
+    if stage.funnel_id != deal.funnel_id:
+        raise InvalidInput(
+            _("The stage “%(stage)s” is not in this deal's funnel.") % {"stage": stage.name},
+            fields={"stage": _("Choose a stage of the deal's funnel.")},
+        )
+    if stage.pk == deal.stage_id:
+        raise InvalidInput(_("The deal is already at “%(stage)s”.") % {"stage": stage.name})
+    changed = _apply_values(deal, values or {})
+    stages = deal.funnel.stages.filter(position__lte=stage.position).order_by("position")
+    _check_required(deal, stages, _("move to “%(stage)s”") % {"stage": stage.name})
+    from_stage = deal.stage
+    deal.stage = stage
+    deal.stage_entered_at = at
+    _save(deal, [*changed, "stage", "stage_entered_at"])
+    StageChange.objects.create(deal=deal, from_stage=from_stage, to_stage=stage, at=at, actor=actor)
+    _create_stage_tasks(deal, stage, at)
+    return deal
+
+
+def _check_open(deal: Deal, action: str) -> None:
+    if deal.is_closed:
+        raise InvalidInput(
+            _("The deal is already %(status)s; reopen it to %(action)s it.")
+            % {"status": deal.get_status_display().lower(), "action": action}
+        )
+
+
+@transaction.atomic
+def deal_win(
+    *,
+    actor: User | None,
+    deal: Deal | int,
+    values: dict | None = None,
+    expected_version: int | None = None,
+    at: datetime.datetime | None = None,
+) -> Deal:
+    """Close a deal as won. Every stage's required fields must be filled."""
+    at = at or timezone.now()
+    deal = _lock(deal)
+    _check_actor(actor, deal)
+    _check_version(deal, expected_version)
+    _check_open(deal, _("win"))
+    changed = _apply_values(deal, values or {})
+    _check_required(deal, deal.funnel.stages.order_by("position"), _("win the deal"))
+    _set_status(deal, DealStatus.WON, actor=actor, at=at)
+    deal.closed_at = at
+    deal.next_contact_at = None
+    _save(deal, [*changed, "status", "closed_at", "next_contact_at"])
+    return deal
+
+
+@transaction.atomic
+def deal_lose(
+    *,
+    actor: User | None,
+    deal: Deal | int,
+    loss_reason: LossReason | int | None,
+    comment: str = "",
+    expected_version: int | None = None,
+    at: datetime.datetime | None = None,
+) -> Deal:
+    """Close a deal as lost. An active loss reason of the deal's funnel is mandatory;
+    a reason marked ``requires_comment`` (“Other”) needs a comment."""
+    at = at or timezone.now()
+    deal = _lock(deal)
+    _check_actor(actor, deal)
+    _check_version(deal, expected_version)
+    _check_open(deal, _("lose"))
+    comment = (comment or "").strip()
+    if loss_reason in (None, ""):
+        raise InvalidInput(
+            _("A deal is closed as lost only with its reason: choose one."),
+            fields={"loss_reason": _("Choose a loss reason.")},
+        )
+    if not isinstance(loss_reason, LossReason):
+        loss_reason = LossReason.objects.filter(pk=loss_reason).first()
+    if loss_reason is None or loss_reason.funnel_id != deal.funnel_id or not loss_reason.is_active:
+        raise InvalidInput(
+            _("Choose one of the funnel's current loss reasons."),
+            fields={"loss_reason": _("This reason is not available for this funnel.")},
+        )
+    if loss_reason.requires_comment and not comment:
+        raise InvalidInput(
+            _("The reason “%(reason)s” needs a comment: say what happened.")
+            % {"reason": loss_reason.name},
+            fields={"loss_comment": _("Write a comment.")},
+        )
+    _set_status(deal, DealStatus.LOST, actor=actor, at=at, loss_reason=loss_reason, comment=comment)
+    deal.loss_reason = loss_reason
+    deal.loss_comment = comment
+    deal.closed_at = at
+    deal.next_contact_at = None
+    _save(deal, ["status", "loss_reason", "loss_comment", "closed_at", "next_contact_at"])
+    return deal
+
+
+@transaction.atomic
+def deal_postpone(
+    *,
+    actor: User | None,
+    deal: Deal | int,
+    next_contact_at: datetime.datetime | str | None,
+    comment: str = "",
+    expected_version: int | None = None,
+    at: datetime.datetime | None = None,
+) -> Deal:
+    """Put a deal on hold until ``next_contact_at``, which must be in the future.
+
+    A postponed deal postponed again only gets the new date.
+    """
+    at = at or timezone.now()
+    deal = _lock(deal)
+    _check_actor(actor, deal)
+    _check_version(deal, expected_version)
+    _check_open(deal, _("postpone"))
+    when = _parse_datetime(next_contact_at, "next_contact_at")
+    if when is None:
+        raise InvalidInput(
+            _("A postponed deal needs the date of the next contact."),
+            fields={"next_contact_at": _("Choose when to contact the client.")},
+        )
+    if when <= at:
+        raise InvalidInput(
+            _("The next contact must be in the future."),
+            fields={"next_contact_at": _("Choose a later date.")},
+        )
+    fields = ["next_contact_at"]
+    if deal.status != DealStatus.POSTPONED:
+        _set_status(
+            deal,
+            DealStatus.POSTPONED,
+            actor=actor,
+            at=at,
+            comment=(comment or "").strip(),
+            next_contact_at=when,
+        )
+        fields.append("status")
+    deal.next_contact_at = when
+    _save(deal, fields)
+    return deal
+
+
+@transaction.atomic
+def deal_reopen(
+    *,
+    actor: User | None,
+    deal: Deal | int,
+    comment: str = "",
+    expected_version: int | None = None,
+    at: datetime.datetime | None = None,
+) -> Deal:
+    """Return a won, lost or postponed deal to work, on the stage it was on."""
+    at = at or timezone.now()
+    deal = _lock(deal)
+    _check_actor(actor, deal)
+    _check_version(deal, expected_version)
+    if deal.status == DealStatus.OPEN:
+        raise InvalidInput(_("The deal is already open."))
+    _set_status(deal, DealStatus.OPEN, actor=actor, at=at, comment=(comment or "").strip())
+    deal.loss_reason = None
+    deal.loss_comment = ""
+    deal.closed_at = None
+    deal.next_contact_at = None
+    _save(deal, ["status", "loss_reason", "loss_comment", "closed_at", "next_contact_at"])
+    return deal
+
+
+@transaction.atomic
+def deal_assign(
+    *,
+    actor: User | None,
+    deal: Deal | int,
+    owner: User | None,
+    expected_version: int | None = None,
+) -> Deal:
+    """Give a deal to another owner (or none). Open tasks follow the deal."""
+    deal = _lock(deal)
+    _check_actor(actor, deal)
+    _check_version(deal, expected_version)
+    if owner is not None:
+        if not owner.is_active:
+            raise InvalidInput(
+                _("%(user)s is deactivated and cannot own deals.") % {"user": owner},
+                fields={"owner": _("Choose an active user.")},
+            )
+        if (
+            not (owner.is_admin_role or owner.is_head)
+            and not deal.funnel.members.filter(pk=owner.pk).exists()
+        ):
+            raise InvalidInput(
+                _("%(user)s does not work the funnel “%(funnel)s”.")
+                % {"user": owner, "funnel": deal.funnel.name},
+                fields={"owner": _("Choose a member of the funnel.")},
+            )
+    if deal.owner_id == (owner.pk if owner else None):
+        return deal
+    Task.objects.filter(deal=deal, done_at__isnull=True, assignee_id=deal.owner_id).update(
+        assignee=owner
+    )
+    deal.owner = owner
+    _save(deal, ["owner"])
+    return deal
+
+
+@transaction.atomic
+def deal_resume_postponed(*, deal: Deal | int, at: datetime.datetime | None = None) -> bool:
+    """The next-contact date has come: back to open, with a task for the owner.
+
+    Returns False (and does nothing) if the deal is no longer due, so the
+    scheduled task can run twice safely.
+    """
+    at = at or timezone.now()
+    deal = _lock(deal)
+    if deal.status != DealStatus.POSTPONED or deal.next_contact_at > at:
+        return False
+    due = deal.next_contact_at
+    _set_status(deal, DealStatus.OPEN, actor=None, at=at, comment=_("The postponed date has come."))
+    deal.next_contact_at = None
+    _save(deal, ["status", "next_contact_at"])
+    Task.objects.create(
+        deal=deal,
+        assignee=deal.owner,
+        title=_("Contact the client: the postponed deal is due"),
+        due_at=due,
+        created_at=at,
+    )
+    return True
+
+
+def deals_resume_due_postponed(*, at: datetime.datetime | None = None) -> int:
+    """Resume every postponed deal whose date has come; one transaction per deal."""
+    at = at or timezone.now()
+    due_ids = list(
+        Deal.objects.filter(status=DealStatus.POSTPONED, next_contact_at__lte=at).values_list(
+            "id", flat=True
+        )
+    )
+    return sum(1 for deal_id in due_ids if deal_resume_postponed(deal=deal_id, at=at))
+
+
+# ---------------------------------------------------------------- tasks and notes
+
+
+@transaction.atomic
+def task_create(
+    *,
+    actor: User | None,
+    deal: Deal | int,
+    title: str,
+    due_at: datetime.datetime | str,
+    assignee: User | None = None,
+) -> Task:
+    deal = _lock(deal)
+    _check_actor(actor, deal)
+    title = (title or "").strip()
+    errors = {}
+    if not title:
+        errors["title"] = _("Enter what to do.")
+    try:
+        due = _parse_datetime(due_at, "due_at")
+    except InvalidInput as exc:
+        errors.update(exc.fields)
+        due = None
+    if due is None and "due_at" not in errors:
+        errors["due_at"] = _("Choose when the task is due.")
+    if errors:
+        raise InvalidInput(_("The task has errors: fix the marked fields."), fields=errors)
+    return Task.objects.create(
+        deal=deal, assignee=assignee or deal.owner, title=title, due_at=due, created_by=actor
+    )
+
+
+@transaction.atomic
+def task_complete(
+    *, actor: User | None, task: Task | int, at: datetime.datetime | None = None
+) -> Task:
+    at = at or timezone.now()
+    task_id = task.pk if isinstance(task, Task) else task
+    try:
+        task = Task.objects.select_for_update(of=("self",)).select_related("deal").get(pk=task_id)
+    except Task.DoesNotExist:
+        raise NotFound(_("Task %(id)s does not exist.") % {"id": task_id}) from None
+    if actor is not None and task.assignee_id != actor.pk:
+        _check_actor(actor, task.deal)
+    if task.done_at is None:
+        task.done_at = at
+        task.save(update_fields=["done_at"])
+    return task
+
+
+@transaction.atomic
+def note_add(
+    *, actor: User | None, deal: Deal | int, text: str, at: datetime.datetime | None = None
+) -> Note:
+    deal = _lock(deal)
+    _check_actor(actor, deal)
+    text = (text or "").strip()
+    if not text:
+        raise InvalidInput(_("A note cannot be empty."), fields={"text": _("Write something.")})
+    return Note.objects.create(deal=deal, author=actor, text=text, created_at=at or timezone.now())
