@@ -1,0 +1,63 @@
+"""Per-deal summaries that make the funnel maths fast, and stored snapshots.
+
+``StageReach`` and ``StageTime`` are derived from the immutable history
+(``deals.StageChange`` / ``deals.StatusChange``). The service functions keep
+them up to date in the same transaction as the change (``analytics/facts.py``),
+and ``facts_rebuild`` recomputes them from the history alone, so they can be
+checked against it at any time.
+"""
+
+from django.db import models
+from django.utils.translation import gettext_lazy as _
+
+
+class StageReach(models.Model):
+    """The moment a deal first reached the stage at ``position`` (entered it,
+    skipped over it, or was won). A backward move never removes a row."""
+
+    deal = models.ForeignKey("deals.Deal", on_delete=models.CASCADE, related_name="reaches")
+    funnel = models.ForeignKey("funnels.Funnel", on_delete=models.CASCADE, related_name="+")
+    position = models.PositiveIntegerField()
+    reached_at = models.DateTimeField()
+
+    class Meta:
+        verbose_name = _("stage reach")
+        verbose_name_plural = _("stage reaches")
+        constraints = [
+            models.UniqueConstraint(fields=["deal", "position"], name="stagereach_once"),
+        ]
+        indexes = [
+            models.Index(fields=["funnel", "reached_at"], name="stagereach_calendar_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"deal {self.deal_id} reached position {self.position} at {self.reached_at}"
+
+
+class StageTime(models.Model):
+    """Time a deal spent in a stage, summed over its visits.
+
+    ``seconds`` counts finished visits only; ``visit_started_at`` is set while
+    the deal is in the stage (an unfinished visit is not a sample).
+    """
+
+    deal = models.ForeignKey("deals.Deal", on_delete=models.CASCADE, related_name="stage_times")
+    funnel = models.ForeignKey("funnels.Funnel", on_delete=models.CASCADE, related_name="+")
+    stage = models.ForeignKey("funnels.Stage", on_delete=models.CASCADE, related_name="+")
+    seconds = models.FloatField(default=0)
+    visits = models.PositiveIntegerField(default=0)
+    visit_started_at = models.DateTimeField(null=True, blank=True)
+    last_left_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("time in stage")
+        verbose_name_plural = _("times in stage")
+        constraints = [
+            models.UniqueConstraint(fields=["deal", "stage"], name="stagetime_once"),
+        ]
+        indexes = [
+            models.Index(fields=["funnel", "last_left_at"], name="stagetime_calendar_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"deal {self.deal_id} in stage {self.stage_id}: {self.seconds:.0f} s"

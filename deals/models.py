@@ -98,6 +98,11 @@ class Deal(models.Model):
     stage_entered_at = models.DateTimeField(_("in the stage since"), default=timezone.now)
     closed_at = models.DateTimeField(_("closed at"), null=True, blank=True)
     updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+    # Kept by the service functions in the same transaction (analytics/facts.py):
+    # the highest stage position ever reached (all of them once won), and the
+    # first action by a person, for response time.
+    reached_position = models.PositiveIntegerField(_("furthest stage reached"), default=0)
+    first_response_at = models.DateTimeField(_("first response at"), null=True, blank=True)
     version = models.PositiveIntegerField(
         _("version"), default=1, help_text=_("Grows with every change; stale edits are refused.")
     )
@@ -110,6 +115,9 @@ class Deal(models.Model):
             models.Index(fields=["funnel", "status", "stage"], name="deal_board_idx"),
             models.Index(fields=["owner", "status"], name="deal_owner_status_idx"),
             models.Index(fields=["status", "next_contact_at"], name="deal_postponed_due_idx"),
+            models.Index(fields=["funnel", "created_at"], name="deal_funnel_entered_idx"),
+            models.Index(fields=["funnel", "closed_at"], name="deal_funnel_closed_idx"),
+            models.Index(fields=["contact", "status", "closed_at"], name="deal_contact_won_idx"),
         ]
         constraints = [
             models.CheckConstraint(

@@ -20,6 +20,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from accounts.models import User
+from analytics import facts
 from crm.errors import Conflict, Forbidden, InvalidInput, NotFound
 from deals.models import (
     Contact,
@@ -318,7 +319,8 @@ def _set_status(
     loss_reason: LossReason | None = None,
     comment: str = "",
     next_contact_at: datetime.datetime | None = None,
-) -> None:
+) -> list[str]:
+    """Append the StatusChange and set the status; return other deal fields it changed."""
     StatusChange.objects.create(
         deal=deal,
         from_status=deal.status,
@@ -330,7 +332,9 @@ def _set_status(
         comment=comment,
         next_contact_at=next_contact_at,
     )
+    changed = facts.record_status_changed(deal, deal.status, to_status, actor, at)
     deal.status = to_status
+    return changed
 
 
 # ---------------------------------------------------------------- deals
@@ -394,6 +398,7 @@ def deal_create(
     )
     deal.save()
     StageChange.objects.create(deal=deal, from_stage=None, to_stage=stage, at=at, actor=actor)
+    facts.record_created(deal, at)
     _create_stage_tasks(deal, stage, at)
     return deal
 
@@ -448,6 +453,7 @@ def deal_move_to_stage(
     stages = deal.funnel.stages.filter(position__lte=stage.position).order_by("position")
     _check_required(deal, stages, _("move to “%(stage)s”") % {"stage": stage.name})
     from_stage = deal.stage
+    changed += facts.record_stage_entered(deal, from_stage, stage, actor, at)
     deal.stage = stage
     deal.stage_entered_at = at
     _save(deal, [*changed, "stage", "stage_entered_at"])
@@ -481,7 +487,7 @@ def deal_win(
     _check_open(deal, _("win"))
     changed = _apply_values(deal, values or {})
     _check_required(deal, deal.funnel.stages.order_by("position"), _("win the deal"))
-    _set_status(deal, DealStatus.WON, actor=actor, at=at)
+    changed += _set_status(deal, DealStatus.WON, actor=actor, at=at)
     deal.closed_at = at
     deal.next_contact_at = None
     _save(deal, [*changed, "status", "closed_at", "next_contact_at"])
@@ -524,12 +530,14 @@ def deal_lose(
             % {"reason": loss_reason.name},
             fields={"loss_comment": _("Write a comment.")},
         )
-    _set_status(deal, DealStatus.LOST, actor=actor, at=at, loss_reason=loss_reason, comment=comment)
+    changed = _set_status(
+        deal, DealStatus.LOST, actor=actor, at=at, loss_reason=loss_reason, comment=comment
+    )
     deal.loss_reason = loss_reason
     deal.loss_comment = comment
     deal.closed_at = at
     deal.next_contact_at = None
-    _save(deal, ["status", "loss_reason", "loss_comment", "closed_at", "next_contact_at"])
+    _save(deal, [*changed, "status", "loss_reason", "loss_comment", "closed_at", "next_contact_at"])
     return deal
 
 
@@ -565,7 +573,7 @@ def deal_postpone(
         )
     fields = ["next_contact_at"]
     if deal.status != DealStatus.POSTPONED:
-        _set_status(
+        fields += _set_status(
             deal,
             DealStatus.POSTPONED,
             actor=actor,
@@ -595,12 +603,14 @@ def deal_reopen(
     _check_version(deal, expected_version)
     if deal.status == DealStatus.OPEN:
         raise InvalidInput(_("The deal is already open."))
-    _set_status(deal, DealStatus.OPEN, actor=actor, at=at, comment=(comment or "").strip())
+    changed = _set_status(
+        deal, DealStatus.OPEN, actor=actor, at=at, comment=(comment or "").strip()
+    )
     deal.loss_reason = None
     deal.loss_comment = ""
     deal.closed_at = None
     deal.next_contact_at = None
-    _save(deal, ["status", "loss_reason", "loss_comment", "closed_at", "next_contact_at"])
+    _save(deal, [*changed, "status", "loss_reason", "loss_comment", "closed_at", "next_contact_at"])
     return deal
 
 
@@ -724,7 +734,13 @@ def task_complete(
     if task.done_at is None:
         task.done_at = at
         task.save(update_fields=["done_at"])
+        _record_activity(task.deal, actor, at)
     return task
+
+
+def _record_activity(deal: Deal, actor: User | None, at: datetime.datetime) -> None:
+    if facts.record_activity(deal, actor, at):
+        Deal.objects.filter(pk=deal.pk, first_response_at__isnull=True).update(first_response_at=at)
 
 
 @transaction.atomic
@@ -736,4 +752,7 @@ def note_add(
     text = (text or "").strip()
     if not text:
         raise InvalidInput(_("A note cannot be empty."), fields={"text": _("Write something.")})
-    return Note.objects.create(deal=deal, author=actor, text=text, created_at=at or timezone.now())
+    at = at or timezone.now()
+    note = Note.objects.create(deal=deal, author=actor, text=text, created_at=at)
+    _record_activity(deal, actor, at)
+    return note

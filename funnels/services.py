@@ -13,6 +13,7 @@ from django.db.models import Max
 from django.utils.translation import gettext as _
 
 from accounts.models import User
+from analytics import facts
 from crm.errors import Forbidden, InvalidInput
 from funnels.models import (
     DEFAULT_LOSS_REASONS,
@@ -132,6 +133,7 @@ def stage_add(
     )
     for title, due_in_minutes in tasks:
         TaskTemplate.objects.create(stage=stage, title=title, due_in_minutes=due_in_minutes)
+    facts.record_stage_added(stage)
     return stage
 
 
@@ -174,6 +176,8 @@ def stages_reorder(*, actor: User | None, funnel: Funnel, stage_ids: list[int]) 
         Stage.objects.filter(pk=stage_id).update(position=position + offset)
     for position, stage_id in enumerate(stage_ids):
         Stage.objects.filter(pk=stage_id).update(position=position)
+    # "Reached" is by position, so the funnel's summaries are derived again from history.
+    facts.facts_rebuild(funnel=funnel)
 
 
 @transaction.atomic

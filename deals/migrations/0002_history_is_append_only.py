@@ -20,7 +20,8 @@ $$ LANGUAGE plpgsql;
 def forward(apps, schema_editor):
     if schema_editor.connection.vendor != "postgresql":
         return
-    schema_editor.execute(FORWARD)
+    # params=None: the function body's "%" is PL/pgSQL, not a query placeholder.
+    schema_editor.execute(FORWARD, params=None)
     for table in TABLES:
         schema_editor.execute(
             f"CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table} "

@@ -1,0 +1,279 @@
+"""Keep the per-deal analytics summaries in step with the history.
+
+The ``record_*`` functions are called by ``deals.services`` inside the same
+transaction as the change they describe, so the figures are never stale.
+``facts_rebuild`` derives the same summaries from the history alone: the
+importer uses it, reordering stages uses it, and tests check that both paths
+agree.
+
+Definitions (METRICS.md): a deal *reaches* position k when the highest
+position it ever entered becomes >= k, or when it is won (a won deal has
+reached every stage). Time in a stage runs from entering it to leaving it
+(next stage change or close), summed over visits.
+"""
+
+import datetime
+from collections import defaultdict
+from collections.abc import Iterable
+
+from django.db.models import Max
+
+from analytics.models import StageReach, StageTime
+from deals.models import Deal, DealStatus, Note, StageChange, StatusChange, Task
+from funnels.models import Funnel, Stage
+
+
+def _last_position(funnel_id: int) -> int:
+    return Stage.objects.filter(funnel_id=funnel_id).aggregate(m=Max("position"))["m"] or 0
+
+
+def _reach(deal: Deal, up_to: int, at: datetime.datetime, *, first: bool = False) -> None:
+    start = 0 if first else deal.reached_position + 1
+    if up_to < start:
+        return
+    StageReach.objects.bulk_create(
+        StageReach(deal=deal, funnel_id=deal.funnel_id, position=position, reached_at=at)
+        for position in range(start, up_to + 1)
+    )
+    deal.reached_position = up_to
+
+
+def _start_visit(deal: Deal, stage_id: int, at: datetime.datetime) -> None:
+    row, _ = StageTime.objects.get_or_create(
+        deal=deal, stage_id=stage_id, defaults={"funnel_id": deal.funnel_id}
+    )
+    row.visits += 1
+    row.visit_started_at = at
+    row.save(update_fields=["visits", "visit_started_at"])
+
+
+def _end_visit(deal: Deal, stage_id: int, at: datetime.datetime) -> None:
+    row = StageTime.objects.filter(deal=deal, stage_id=stage_id).first()
+    if row is None or row.visit_started_at is None:
+        return
+    row.seconds += (at - row.visit_started_at).total_seconds()
+    row.visit_started_at = None
+    row.last_left_at = at
+    row.save(update_fields=["seconds", "visit_started_at", "last_left_at"])
+
+
+def _responded(deal: Deal, actor, at: datetime.datetime) -> list[str]:
+    if actor is None or deal.first_response_at is not None:
+        return []
+    deal.first_response_at = at
+    return ["first_response_at"]
+
+
+def record_created(deal: Deal, at: datetime.datetime) -> None:
+    """A new deal reached every position up to its entry stage. Saves the deal's fields."""
+    _reach(deal, deal.stage.position, at, first=True)
+    _start_visit(deal, deal.stage_id, at)
+    Deal.objects.filter(pk=deal.pk).update(reached_position=deal.reached_position)
+
+
+def record_stage_entered(
+    deal: Deal, from_stage: Stage, to_stage: Stage, actor, at: datetime.datetime
+) -> list[str]:
+    """Return the deal fields it changed; the caller saves them with its own."""
+    changed = _responded(deal, actor, at)
+    _end_visit(deal, from_stage.pk, at)
+    _start_visit(deal, to_stage.pk, at)
+    if to_stage.position > deal.reached_position:
+        _reach(deal, to_stage.position, at)
+        changed.append("reached_position")
+    return changed
+
+
+def record_status_changed(
+    deal: Deal, from_status: str, to_status: str, actor, at: datetime.datetime
+) -> list[str]:
+    """Closing ends the stage visit (a win reaches every stage); reopening starts one."""
+    changed = _responded(deal, actor, at)
+    closed = (DealStatus.WON, DealStatus.LOST)
+    if to_status in closed and from_status not in closed:
+        _end_visit(deal, deal.stage_id, at)
+    if from_status in closed and to_status not in closed:
+        _start_visit(deal, deal.stage_id, at)
+    if to_status == DealStatus.WON:
+        last = _last_position(deal.funnel_id)
+        if last > deal.reached_position:
+            _reach(deal, last, at)
+            changed.append("reached_position")
+    return changed
+
+
+def record_activity(deal: Deal, actor, at: datetime.datetime) -> list[str]:
+    """A note or a completed task: counts as the first response if it is the first."""
+    return _responded(deal, actor, at)
+
+
+# ------------------------------------------------------------------ rebuild
+
+
+def _events(deal_ids: list[int]) -> dict[int, list[tuple]]:
+    """Each deal's history in time order: ('stage', at, to_stage_id) and ('status', at, to)."""
+    events: dict[int, list[tuple]] = defaultdict(list)
+    for deal_id, at, pk, to_stage_id in StageChange.objects.filter(
+        deal_id__in=deal_ids
+    ).values_list("deal_id", "at", "id", "to_stage_id"):
+        events[deal_id].append((at, 0, pk, "stage", to_stage_id))
+    for deal_id, at, pk, to_status in StatusChange.objects.filter(deal_id__in=deal_ids).values_list(
+        "deal_id", "at", "id", "to_status"
+    ):
+        events[deal_id].append((at, 1, pk, "status", to_status))
+    for items in events.values():
+        items.sort()
+    return events
+
+
+def _first_responses(deal_ids: list[int]) -> dict[int, datetime.datetime]:
+    first: dict[int, datetime.datetime] = {}
+
+    def take(rows: Iterable[tuple]) -> None:
+        for deal_id, at in rows:
+            if at is not None and (deal_id not in first or at < first[deal_id]):
+                first[deal_id] = at
+
+    take(
+        StageChange.objects.filter(
+            deal_id__in=deal_ids, actor__isnull=False, from_stage__isnull=False
+        ).values_list("deal_id", "at")
+    )
+    take(
+        StatusChange.objects.filter(deal_id__in=deal_ids, actor__isnull=False).values_list(
+            "deal_id", "at"
+        )
+    )
+    take(
+        Note.objects.filter(deal_id__in=deal_ids, author__isnull=False).values_list(
+            "deal_id", "created_at"
+        )
+    )
+    take(
+        Task.objects.filter(deal_id__in=deal_ids, done_at__isnull=False).values_list(
+            "deal_id", "done_at"
+        )
+    )
+    return first
+
+
+class _Replay:
+    """One deal's history played forward, producing its summaries."""
+
+    def __init__(self, deal_id: int, funnel_id: int) -> None:
+        self.deal_id, self.funnel_id = deal_id, funnel_id
+        self.reached = -1
+        self.reaches: list[StageReach] = []
+        self.visits: dict[int, StageTime] = {}
+
+    def reach(self, up_to: int, at: datetime.datetime) -> None:
+        for position in range(self.reached + 1, up_to + 1):
+            self.reaches.append(
+                StageReach(
+                    deal_id=self.deal_id, funnel_id=self.funnel_id, position=position, reached_at=at
+                )
+            )
+        self.reached = max(self.reached, up_to)
+
+    def start(self, stage_id: int, at: datetime.datetime) -> None:
+        row = self.visits.setdefault(
+            stage_id, StageTime(deal_id=self.deal_id, funnel_id=self.funnel_id, stage_id=stage_id)
+        )
+        row.visits += 1
+        row.visit_started_at = at
+
+    def end(self, stage_id: int, at: datetime.datetime) -> None:
+        row = self.visits.get(stage_id)
+        if row is not None and row.visit_started_at is not None:
+            row.seconds += (at - row.visit_started_at).total_seconds()
+            row.visit_started_at = None
+            row.last_left_at = at
+
+    def play(self, events: list[tuple], positions: dict[int, int], last_position: int) -> None:
+        stage_id = None
+        closed = False
+        for at, _order, _pk, kind, value in events:
+            if kind == "stage":
+                if stage_id is not None and not closed:
+                    self.end(stage_id, at)
+                stage_id = value
+                if not closed:
+                    self.start(stage_id, at)
+                self.reach(positions[value], at)
+                continue
+            now_closed = value in (DealStatus.WON, DealStatus.LOST)
+            if now_closed and not closed:
+                self.end(stage_id, at)
+            elif closed and not now_closed:
+                self.start(stage_id, at)
+            closed = now_closed
+            if value == DealStatus.WON:
+                self.reach(last_position, at)
+
+
+def facts_rebuild(
+    *, funnel: Funnel | None = None, deal_ids: list[int] | None = None, chunk: int = 2000
+) -> int:
+    """Recompute StageReach, StageTime, reached_position and first_response_at from history.
+
+    For one funnel, a list of deals, or everything. Returns the number of deals.
+    Call inside a transaction.
+    """
+    deals = Deal.objects.all()
+    if funnel is not None:
+        deals = deals.filter(funnel=funnel)
+    if deal_ids is not None:
+        deals = deals.filter(pk__in=deal_ids)
+    positions = dict(Stage.objects.values_list("id", "position"))
+    last_positions = dict(
+        Stage.objects.values("funnel_id").annotate(m=Max("position")).values_list("funnel_id", "m")
+    )
+    ids = list(deals.order_by("pk").values_list("pk", flat=True))
+    for offset in range(0, len(ids), chunk):
+        batch = ids[offset : offset + chunk]
+        StageReach.objects.filter(deal_id__in=batch).delete()
+        StageTime.objects.filter(deal_id__in=batch).delete()
+        events = _events(batch)
+        responses = _first_responses(batch)
+        funnel_of = dict(Deal.objects.filter(pk__in=batch).values_list("pk", "funnel_id"))
+        reaches: list[StageReach] = []
+        times: list[StageTime] = []
+        updates: list[Deal] = []
+        for deal_id in batch:
+            replay = _Replay(deal_id, funnel_of[deal_id])
+            replay.play(events.get(deal_id, []), positions, last_positions[funnel_of[deal_id]])
+            reaches.extend(replay.reaches)
+            times.extend(replay.visits.values())
+            updates.append(
+                Deal(
+                    pk=deal_id,
+                    reached_position=max(replay.reached, 0),
+                    first_response_at=responses.get(deal_id),
+                )
+            )
+        StageReach.objects.bulk_create(reaches, batch_size=5000)
+        StageTime.objects.bulk_create(times, batch_size=5000)
+        Deal.objects.bulk_update(
+            updates, ["reached_position", "first_response_at"], batch_size=1000
+        )
+    return len(ids)
+
+
+def record_stage_added(stage: Stage) -> None:
+    """Won deals have reached every stage, a stage added later included."""
+    won = list(
+        Deal.objects.filter(funnel_id=stage.funnel_id, status=DealStatus.WON).values_list(
+            "pk", "closed_at"
+        )
+    )
+    StageReach.objects.bulk_create(
+        (
+            StageReach(
+                deal_id=pk, funnel_id=stage.funnel_id, position=stage.position, reached_at=at
+            )
+            for pk, at in won
+        ),
+        batch_size=5000,
+        ignore_conflicts=True,
+    )
+    Deal.objects.filter(pk__in=[pk for pk, _ in won]).update(reached_position=stage.position)

@@ -1,0 +1,351 @@
+"""The funnel engine reproduces METRICS.md exactly, on PostgreSQL and on SQLite."""
+
+import datetime
+from decimal import Decimal
+
+import pytest
+
+from accounts.models import User
+from analytics.engine import funnel_report, percentile_cont
+from analytics.facts import facts_rebuild
+from analytics.models import StageReach, StageTime
+from analytics.types import FunnelQuery, Mode
+from deals.bulk import DealPlan, deals_bulk_load
+from deals.models import DealStatus
+from deals.services import contact_find_or_create
+from funnels.services import funnel_create
+from tests.story import START, DealStory
+
+UTC = datetime.UTC
+DAY = datetime.timedelta(days=1)
+HOUR = datetime.timedelta(hours=1)
+PERIOD = {"date_from": datetime.date(2025, 3, 1), "date_to": datetime.date(2025, 3, 31)}
+
+
+def make_funnel(name: str, stage_names: list[str]):
+    funnel = funnel_create(actor=None, name=name, stages=stage_names)
+    return funnel, {s.name: s for s in funnel.stages.all()}
+
+
+def report(funnel, **params):
+    return funnel_report(FunnelQuery.build(funnel_id=funnel.pk, **{**PERIOD, **params}))
+
+
+def counts(figures) -> list[int]:
+    return [step.count for step in figures.steps]
+
+
+def plan_path(stages, names: list[str], start=START, gap=HOUR):
+    return [(stages[name].pk, start + gap * i) for i, name in enumerate(names)]
+
+
+@pytest.mark.django_db
+def test_seed_002_worked_example_1000_710_305_210_100():
+    names = ["Visited site", "Left a request", "Asked for an offer", "Asked for an invoice"]
+    funnel, stages = make_funnel("Site", names)
+    lost = funnel.loss_reasons.get(name="Changed their mind")
+    plans = []
+
+    def add(n, depth, status):
+        for _ in range(n):
+            path = plan_path(stages, names[:depth])
+            plans.append(
+                DealPlan(
+                    title="lead",
+                    created_at=START,
+                    path=path,
+                    status=status,
+                    closed_at=path[-1][1] + HOUR if status != DealStatus.OPEN else None,
+                    loss_reason_id=lost.pk if status == DealStatus.LOST else None,
+                )
+            )
+
+    add(100, 4, DealStatus.WON)
+    add(110, 4, DealStatus.LOST)
+    add(95, 3, DealStatus.LOST)
+    add(405, 2, DealStatus.OPEN)
+    add(290, 1, DealStatus.LOST)
+    deals_bulk_load(funnel=funnel, plans=plans)
+
+    figures = report(funnel).totals
+
+    assert counts(figures) == [1000, 710, 305, 210, 100]
+    assert [s.step_conversion for s in figures.steps] == [
+        None,
+        710 / 1000,
+        305 / 710,
+        210 / 305,
+        100 / 210,
+    ]
+    assert [round(s.step_conversion * 100, 1) for s in figures.steps[1:]] == [
+        71.0,
+        43.0,
+        68.9,
+        47.6,
+    ]
+    assert [s.conversion_from_first for s in figures.steps] == [1.0, 0.71, 0.305, 0.21, 0.1]
+    assert [s.drop_off for s in figures.steps] == [None, 290, 405, 95, 110]
+    assert figures.overall_conversion == 0.1
+    assert figures.entered == 1000
+    assert [s.lost for s in figures.steps] == [290, 0, 95, 110, 0]
+    assert [s.open for s in figures.steps] == [0, 405, 0, 0, 0]
+
+
+@pytest.mark.django_db
+def test_air_conditioner_example_overall_13_percent():
+    names = ["Request", "Asked for an offer", "Asked for an invoice"]
+    funnel, stages = make_funnel("Air conditioners", names)
+    reason = funnel.loss_reasons.get(name="Was only comparing")
+    plans = []
+    for depth, n, status in [(3, 130, "won"), (3, 85, "lost"), (2, 305, "lost"), (1, 480, "lost")]:
+        for _ in range(n):
+            path = plan_path(stages, names[:depth])
+            plans.append(
+                DealPlan(
+                    title="request",
+                    created_at=START,
+                    path=path,
+                    status=status,
+                    closed_at=path[-1][1] + HOUR,
+                    loss_reason_id=reason.pk if status == "lost" else None,
+                )
+            )
+    deals_bulk_load(funnel=funnel, plans=plans)
+
+    figures = report(funnel).totals
+
+    assert counts(figures) == [1000, 520, 215, 130]
+    assert figures.overall_conversion == 0.13
+    assert round(figures.overall_conversion * 100, 1) == 13.0
+
+
+@pytest.fixture
+def four():
+    return make_funnel("Four", ["S1", "S2", "S3", "S4"])
+
+
+@pytest.mark.django_db
+def test_back_move_reaches_each_stage_once_and_time_in_s2_runs_from_the_move_back(four):
+    funnel, _ = four
+    DealStory(funnel).enters("S1").moves_to("S3").moves_to("S2").won()
+
+    figures = report(funnel).totals
+
+    assert counts(figures) == [1, 1, 1, 1, 1]
+    times = {s.name: s.time_in_stage for s in figures.steps[:4]}
+    # One hour between each step of the story: S1 9:00-10:00, S3 10-11, back to S2 11-12, won 12:00.
+    assert times["S2"].count == 1 and times["S2"].median == 3600.0
+    assert times["S1"].median == 3600.0 and times["S3"].median == 3600.0
+    assert times["S4"].count == 0
+    assert figures.length_to_won.median == 3 * 3600.0
+
+
+@pytest.mark.django_db
+def test_skipped_stages_count_as_passed_and_the_funnel_stays_monotone(four):
+    funnel, _ = four
+    DealStory(funnel).enters("S1").moves_to("S4").lost("Spam")
+    DealStory(funnel).enters("S1").moves_to("S2")
+    DealStory(funnel).enters("S3")  # created directly at S3 reaches S1..S3
+
+    figures = report(funnel).totals
+
+    assert counts(figures) == [3, 3, 2, 1, 0]
+    assert [s.lost_by_reason for s in figures.steps] == [{}, {}, {}, {"Spam": 1}, {}]
+    assert [s.open for s in figures.steps] == [0, 1, 1, 0, 0]
+
+
+@pytest.mark.django_db
+def test_calendar_mode_counts_events_in_the_period_and_can_exceed_100_percent(four):
+    funnel, _ = four
+    february = datetime.datetime(2025, 2, 20, 9, tzinfo=UTC)
+    for _ in range(3):  # entered in February, moved on in March
+        story = DealStory(funnel, start=february).enters("S1")
+        story.clock = datetime.datetime(2025, 3, 5, 9, tzinfo=UTC)
+        story.moves_to("S2")
+    DealStory(funnel).enters("S1")  # entered in March, still at S1
+
+    calendar = report(funnel, mode=Mode.CALENDAR).totals
+    cohort = report(funnel).totals
+
+    assert counts(calendar) == [1, 3, 0, 0, 0]
+    assert calendar.steps[1].step_conversion == 3.0
+    assert counts(cohort) == [1, 0, 0, 0, 0]
+
+
+@pytest.mark.django_db
+def test_conversion_window_counts_only_steps_reached_within_n_days_of_entry(four):
+    funnel, _ = four
+    fast = DealStory(funnel).enters("S1")
+    fast.moves_to("S2")
+    slow = DealStory(funnel).enters("S1")
+    slow.clock += 10 * DAY
+    slow.moves_to("S2").won()
+
+    assert counts(report(funnel).totals) == [2, 2, 1, 1, 1]
+    assert counts(report(funnel, window_days=7).totals) == [2, 1, 0, 0, 0]
+    assert counts(report(funnel, window_days=11).totals) == [2, 2, 1, 1, 1]
+
+
+@pytest.mark.django_db
+def test_time_in_stage_sums_revisits_and_ignores_the_unfinished_visit(four):
+    funnel, _ = four
+    story = DealStory(funnel).enters("S1").moves_to("S2").moves_to("S1")
+    story.clock += 2 * HOUR
+    story.moves_to("S2").moves_to("S3")  # S1: 1h + 3h, S2: 1h + 1h, S3: still there
+    DealStory(funnel).enters("S1").moves_to("S2")  # S1: 1h, S2 unfinished
+
+    steps = report(funnel).totals.steps
+
+    assert steps[0].time_in_stage.count == 2
+    assert steps[0].time_in_stage.mean == (4 * 3600 + 3600) / 2
+    assert steps[0].time_in_stage.median == 2.5 * 3600
+    assert steps[0].time_in_stage.p90 == 3600 + 0.9 * 3 * 3600
+    assert (steps[1].time_in_stage.count, steps[1].time_in_stage.median) == (1, 2 * 3600.0)
+    assert steps[2].time_in_stage.count == 0
+
+
+def test_percentile_cont_matches_sql():
+    assert percentile_cont([1.0, 2.0, 3.0, 4.0], 0.5) == 2.5
+    assert percentile_cont([1.0, 2.0, 3.0, 4.0], 0.9) == pytest.approx(3.7)
+    assert percentile_cont([5.0], 0.9) == 5.0
+    assert percentile_cont([], 0.5) is None
+
+
+@pytest.mark.django_db
+def test_first_and_repeat_sales_and_average_check(four):
+    funnel, _ = four
+    client = contact_find_or_create(name="Ivan", phone="+7 900 000-00-01")
+    other = contact_find_or_create(name="Olga", phone="+7 900 000-00-02")
+    first = DealStory(funnel).enters("S1", amount="100").won()
+    first.deal.contact = client
+    first.deal.save(update_fields=["contact"])
+    later = DealStory(funnel, start=START + DAY).enters("S1", amount="300").won()
+    later.deal.contact = client
+    later.deal.save(update_fields=["contact"])
+    single = DealStory(funnel, start=START + 2 * DAY).enters("S1", amount="200").won()
+    single.deal.contact = other
+    single.deal.save(update_fields=["contact"])
+
+    figures = report(funnel).totals
+
+    assert (figures.won.count, figures.won.amount) == (3, 600.0)
+    assert figures.average_check == 200.0
+    assert (figures.first_sales.count, figures.first_sales.amount) == (2, 300.0)
+    assert (figures.repeat_sales.count, figures.repeat_sales.amount) == (1, 300.0)
+    by_type = report(funnel, group_by="client_type")
+    assert [(g.key, g.figures.won.count) for g in by_type.groups] == [("first", 2), ("repeat", 1)]
+
+
+@pytest.mark.django_db
+def test_response_time_median_and_share_within_target(four):
+    funnel, _ = four  # target: 2 minutes
+    masha = User.objects.create(username="masha", first_name="Masha", last_name="Ivanova")
+    quick = DealStory(funnel, owner=masha, actor=masha).enters("S1")
+    quick.clock += datetime.timedelta(seconds=-3600 + 60)  # the move comes 1 minute after entry
+    quick.moves_to("S2")
+    DealStory(funnel, owner=masha, actor=masha).enters("S1").moves_to("S2")  # 1 hour
+    DealStory(funnel, owner=masha).enters("S1")  # nobody acted yet
+
+    response = report(funnel).totals.response
+
+    assert (response.responded, response.waiting) == (2, 1)
+    assert response.median == (60 + 3600) / 2
+    assert response.within_target_share == 0.5
+    assert response.target_seconds == 120
+
+
+@pytest.mark.django_db
+def test_grouping_by_every_slice_on_a_hand_computed_set(four):
+    funnel, _ = four
+    masha = User.objects.create(username="masha", first_name="Masha", last_name="Ivanova")
+    petya = User.objects.create(username="petya", first_name="Petya", last_name="Sidorov")
+    funnel.members.add(masha, petya)
+    data = [
+        (masha, "site", "A", "Moscow", "warm", ["S1", "S2", "S3"], "won"),
+        (masha, "site", "B", "Moscow", "cold", ["S1", "S2"], "lost"),
+        (petya, "ads", "A", "Kazan", "warm", ["S1"], "lost"),
+        (petya, "site", "A", "Kazan", "cold", ["S1", "S2", "S3", "S4"], "open"),
+        (None, "ads", "B", "Moscow", "warm", ["S1"], "open"),
+    ]
+    for owner, source, product, region, temperature, path, outcome in data:
+        story = DealStory(funnel, owner=owner).enters(
+            path[0],
+            source=source,
+            product=product,
+            region=region,
+            temperature=temperature,
+            amount="1000",
+        )
+        for name in path[1:]:
+            story.moves_to(name)
+        if outcome == "won":
+            story.won()
+        elif outcome == "lost":
+            story.lost("Bought from a competitor")
+
+    by_owner = report(funnel, group_by="owner")
+    assert [(g.key, g.label, counts(g.figures)) for g in by_owner.groups] == [
+        ("masha", "Masha Ivanova", [2, 2, 1, 1, 1]),
+        ("petya", "Petya Sidorov", [2, 1, 1, 1, 0]),
+        ("", "Unassigned", [1, 0, 0, 0, 0]),
+    ]
+    assert counts(by_owner.totals) == [5, 3, 2, 2, 1]
+    assert by_owner.groups[0].figures.overall_conversion == 0.5
+
+    def grouped(field):
+        return {g.key: counts(g.figures) for g in report(funnel, group_by=field).groups}
+
+    assert grouped("source") == {"ads": [2, 0, 0, 0, 0], "site": [3, 3, 2, 2, 1]}
+    assert grouped("product") == {"A": [3, 2, 2, 2, 1], "B": [2, 1, 0, 0, 0]}
+    assert grouped("region") == {"Kazan": [2, 1, 1, 1, 0], "Moscow": [3, 2, 1, 1, 1]}
+    assert grouped("temperature") == {"cold": [2, 2, 1, 1, 0], "warm": [3, 1, 1, 1, 1]}
+    assert grouped("client_type") == {"first": [5, 3, 2, 2, 1]}
+
+    filtered = report(funnel, filters={"source": ["site"], "owner": ["masha"]}).totals
+    assert counts(filtered) == [2, 2, 1, 1, 1]
+    assert filtered.weighted_pipeline == 0.0
+    pipeline = report(funnel).totals.weighted_pipeline
+    stage_probability = {s.name: s.probability for s in funnel.stages.all()}
+    assert pipeline == (stage_probability["S4"] + stage_probability["S1"]) * 1000 / 100
+
+
+@pytest.mark.django_db
+def test_summaries_kept_by_the_services_equal_the_ones_rebuilt_from_history(four):
+    funnel, _ = four
+    masha = User.objects.create(username="masha")
+    DealStory(funnel, actor=masha, owner=masha).enters("S1").moves_to("S3").moves_to("S2").won()
+    story = DealStory(funnel, actor=masha, owner=masha).enters("S2").moves_to("S4")
+    story.lost("Other", comment="Moved abroad").reopened().moves_to("S1")
+    DealStory(funnel).enters("S1").postponed_for(DAY).reopened().moves_to("S2")
+
+    def snapshot():
+        reaches = sorted(StageReach.objects.values_list("deal_id", "position", "reached_at"))
+        times = sorted(
+            StageTime.objects.values_list(
+                "deal_id", "stage_id", "seconds", "visits", "visit_started_at", "last_left_at"
+            )
+        )
+        deals = sorted(funnel.deals.values_list("pk", "reached_position", "first_response_at"))
+        return reaches, times, deals
+
+    incremental = snapshot()
+    facts_rebuild(funnel=funnel)
+    assert snapshot() == incremental
+    assert len(incremental[0]) == 4 + 4 + 2
+
+
+@pytest.mark.django_db
+def test_an_invalid_query_says_what_to_fix(four):
+    from crm.errors import InvalidInput
+
+    funnel, _ = four
+    with pytest.raises(InvalidInput) as error:
+        FunnelQuery.build(
+            funnel_id=funnel.pk,
+            date_from=datetime.date(2025, 3, 2),
+            date_to=datetime.date(2025, 3, 1),
+            window_days=0,
+            group_by="colour",
+        )
+    assert set(error.value.fields) == {"date_from", "window_days", "group_by"}
+    assert Decimal(1)  # keeps the import honest for amount maths above
