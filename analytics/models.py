@@ -61,3 +61,47 @@ class StageTime(models.Model):
 
     def __str__(self) -> str:
         return f"deal {self.deal_id} in stage {self.stage_id}: {self.seconds:.0f} s"
+
+
+class SnapshotStatus(models.TextChoices):
+    QUEUED = "queued", _("Queued")
+    RUNNING = "running", _("Running")
+    DONE = "done", _("Done")
+    FAILED = "failed", _("Failed")
+
+
+class FunnelSnapshot(models.Model):
+    """A stored funnel report for one set of parameters.
+
+    ``status`` and ``progress`` describe the latest run; ``result`` and
+    ``computed_at`` hold the latest *successful* one, and are only replaced
+    when a run finishes, so a failed or killed run leaves them in place.
+    """
+
+    funnel = models.ForeignKey("funnels.Funnel", on_delete=models.CASCADE, related_name="snapshots")
+    key = models.CharField(max_length=64, unique=True, help_text=_("Hash of the parameters."))
+    label = models.CharField(_("label"), max_length=120, blank=True)
+    params = models.JSONField(_("parameters"))
+    status = models.CharField(
+        _("status"), max_length=10, choices=SnapshotStatus.choices, default=SnapshotStatus.QUEUED
+    )
+    progress = models.PositiveSmallIntegerField(_("progress, %"), default=0)
+    result = models.JSONField(_("result"), null=True, blank=True)
+    computed_at = models.DateTimeField(_("computed at"), null=True, blank=True)
+    requested_at = models.DateTimeField(_("requested at"), auto_now_add=True)
+    started_at = models.DateTimeField(_("started at"), null=True, blank=True)
+    duration_ms = models.PositiveIntegerField(_("duration, ms"), null=True, blank=True)
+    error = models.TextField(_("error"), blank=True)
+
+    class Meta:
+        ordering = ["funnel", "label"]
+        verbose_name = _("funnel snapshot")
+        verbose_name_plural = _("funnel snapshots")
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(progress__lte=100), name="snapshot_progress_0_100"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.funnel_id}: {self.label or self.key[:8]} ({self.status})"

@@ -131,7 +131,21 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TIMEZONE = TIME_ZONE
+# How long a task may run before Redis hands its unacknowledged message to another
+# worker (a killed worker's tasks come back after this).
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": int(env_str("CELERY_VISIBILITY_TIMEOUT", "3600"))
+}
 CELERY_BEAT_SCHEDULE = {
+    "refresh-current-snapshots": {
+        "task": "analytics.tasks.refresh_snapshots",
+        "schedule": crontab(minute="*/15"),
+        "kwargs": {"current_only": True},
+    },
+    "refresh-all-snapshots-nightly": {
+        "task": "analytics.tasks.refresh_snapshots",
+        "schedule": crontab(hour=3, minute=0),
+    },
     "resume-postponed-deals": {
         "task": "deals.tasks.resume_due_postponed_deals",
         "schedule": crontab(minute="*/5"),
