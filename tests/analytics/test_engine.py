@@ -349,3 +349,35 @@ def test_an_invalid_query_says_what_to_fix(four):
         )
     assert set(error.value.fields) == {"date_from", "window_days", "group_by"}
     assert Decimal(1)  # keeps the import honest for amount maths above
+
+
+@pytest.mark.django_db
+def test_stuck_deals_are_open_deals_past_their_stage_rotting_threshold(four):
+    from analytics.selectors import stuck_deals
+    from funnels.services import stage_update
+
+    funnel, stages = four
+    stage_update(actor=None, stage=stages["S2"], rotting_days=3)
+    masha = User.objects.create(username="masha", first_name="Masha", last_name="Ivanova")
+    now = START + 10 * DAY
+    old = DealStory(funnel, owner=masha).enters("S1", title="Old").moves_to("S2")  # 10 days in S2
+    fresh = DealStory(funnel, start=now - 2 * DAY).enters("S1").moves_to("S2")  # 2 days
+    held = DealStory(funnel).enters("S1").moves_to("S2")
+    held.postponed_for(30 * DAY)  # on hold: not stuck
+    DealStory(funnel).enters("S1")  # S1 has no threshold
+
+    result = stuck_deals(funnel=funnel, now=now)
+
+    assert result.total == 1
+    assert result.by_stage == {"S2": 1}
+    assert result.by_owner == {"masha": 1}
+    assert result.by_stage_and_owner == {"S2": {"masha": 1}}
+    [deal] = result.deals
+    assert (deal.deal_id, deal.title, deal.owner_label, deal.threshold_days) == (
+        old.deal.pk,
+        "Old",
+        "Masha Ivanova",
+        3,
+    )
+    assert deal.days_in_stage == round((now - old.deal.stage_entered_at).total_seconds() / 86400, 1)
+    assert fresh.deal.pk not in [d.deal_id for d in result.deals]

@@ -65,10 +65,7 @@ def test_refresh_computes_every_standard_snapshot_of_active_funnels(
 
     # 48 standard specs; a few share parameters (this week is also the trend's last week).
     distinct = len(
-        {
-            (s.period.date_from, s.period.date_to, s.mode, s.group_by)
-            for s in snapshot_specs(today)
-        }
+        {(s.period.date_from, s.period.date_to, s.mode, s.group_by) for s in snapshot_specs(today)}
     )
     assert queued == 48
     snapshots = FunnelSnapshot.objects.filter(funnel=four)

@@ -1,0 +1,82 @@
+"""Reads for the analytics screens that are not period figures."""
+
+import dataclasses
+import datetime
+from collections import Counter
+
+from django.db.models import Q
+from django.utils import timezone
+
+from analytics.models import FunnelSnapshot
+from analytics.services import snapshot_key
+from analytics.types import FunnelQuery
+from deals.models import Deal, DealStatus
+from funnels.models import Funnel
+
+
+@dataclasses.dataclass
+class StuckDeal:
+    deal_id: int
+    title: str
+    stage: str
+    owner: str  # username, "" when unassigned
+    owner_label: str
+    days_in_stage: float
+    threshold_days: int
+    amount: float | None
+
+
+@dataclasses.dataclass
+class StuckDeals:
+    total: int
+    by_stage: dict[str, int]
+    by_owner: dict[str, int]
+    by_stage_and_owner: dict[str, dict[str, int]]
+    deals: list[StuckDeal]  # the longest-stuck first, at most ``limit``
+
+
+def stuck_deals(
+    *, funnel: Funnel, now: datetime.datetime | None = None, deals=None, limit: int = 100
+) -> StuckDeals:
+    """Open deals longer in their stage than the stage's rotting threshold.
+
+    ``deals`` narrows the search (e.g. what a user may see); postponed deals
+    are on hold by decision and are not stuck.
+    """
+    now = now or timezone.now()
+    rotting = Q(pk__in=[])
+    for stage in funnel.stages.filter(rotting_days__isnull=False):
+        rotting |= Q(
+            stage=stage, stage_entered_at__lt=now - datetime.timedelta(days=stage.rotting_days)
+        )
+    rows = (deals if deals is not None else Deal.objects.all()).filter(
+        rotting, funnel=funnel, status=DealStatus.OPEN
+    )
+    stuck = [
+        StuckDeal(
+            deal_id=deal.pk,
+            title=deal.title,
+            stage=deal.stage.name,
+            owner=deal.owner.username if deal.owner else "",
+            owner_label=str(deal.owner) if deal.owner else "",
+            days_in_stage=round((now - deal.stage_entered_at).total_seconds() / 86400, 1),
+            threshold_days=deal.stage.rotting_days,
+            amount=None if deal.amount is None else float(deal.amount),
+        )
+        for deal in rows.select_related("stage", "owner").order_by("stage_entered_at")
+    ]
+    by_stage_and_owner: dict[str, Counter] = {}
+    for deal in stuck:
+        by_stage_and_owner.setdefault(deal.stage, Counter())[deal.owner] += 1
+    return StuckDeals(
+        total=len(stuck),
+        by_stage=dict(Counter(deal.stage for deal in stuck)),
+        by_owner=dict(Counter(deal.owner for deal in stuck)),
+        by_stage_and_owner={stage: dict(c) for stage, c in by_stage_and_owner.items()},
+        deals=stuck[:limit],
+    )
+
+
+def snapshot_for(query: FunnelQuery) -> FunnelSnapshot | None:
+    """The stored snapshot of exactly these parameters, if any."""
+    return FunnelSnapshot.objects.filter(key=snapshot_key(query)).first()
