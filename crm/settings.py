@@ -133,8 +133,12 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TIMEZONE = TIME_ZONE
 # How long a task may run before Redis hands its unacknowledged message to another
 # worker (a killed worker's tasks come back after this).
+_VISIBILITY_TIMEOUT = int(env_str("CELERY_VISIBILITY_TIMEOUT", "3600"))
 CELERY_BROKER_TRANSPORT_OPTIONS = {
-    "visibility_timeout": int(env_str("CELERY_VISIBILITY_TIMEOUT", "3600"))
+    "visibility_timeout": _VISIBILITY_TIMEOUT,
+    # Sweep for abandoned messages often enough for a short timeout to take effect.
+    "unacked_restore_interval": max(1, min(10, _VISIBILITY_TIMEOUT // 2)),
+    "unacked_restore_throttle": 1 if _VISIBILITY_TIMEOUT < 60 else 10,
 }
 CELERY_BEAT_SCHEDULE = {
     "refresh-current-snapshots": {
