@@ -16,31 +16,29 @@ The building blocks:
   length; response time; money.
 """
 
+import dataclasses
 import datetime
 import math
 from collections import defaultdict
 from collections.abc import Iterable
 
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import (
     Aggregate,
     Avg,
     Case,
     CharField,
     Count,
-    DecimalField,
-    Exists,
     F,
     FloatField,
     Func,
-    OuterRef,
     Q,
     QuerySet,
     Sum,
     Value,
     When,
 )
-from django.db.models.functions import Coalesce, Now
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -125,50 +123,14 @@ def _ratio(part: float | None, whole: float | None) -> float | None:
     return part / whole
 
 
-def _duration_stats(rows: QuerySet, value, keys: list[str]) -> dict[tuple, Durations]:
-    """Count, mean, median and p90 of ``value`` per ``keys``, computed the same on both DBs."""
-    rows = rows.annotate(_v=value).filter(_v__isnull=False)
-    stats: dict[tuple, Durations] = {}
-    if connection.vendor == "postgresql":
-        for row in rows.values(*keys).annotate(
-            n=Count("pk"),
-            mean=Avg("_v"),
-            median=PercentileCont("_v", 0.5),
-            p90=PercentileCont("_v", 0.9),
-        ):
-            stats[tuple(row[k] for k in keys)] = Durations(
-                count=row["n"],
-                mean=_round(row["mean"]),
-                median=_round(row["median"]),
-                p90=_round(row["p90"]),
-            )
-        return stats
-    grouped: dict[tuple, list[float]] = defaultdict(list)
-    for row in rows.values_list(*keys, "_v"):
-        grouped[tuple(row[:-1])].append(round(row[-1], 3))
-    for key, values in grouped.items():
-        values.sort()
-        stats[key] = Durations(
-            count=len(values),
-            mean=_round(sum(values) / len(values)),
-            median=_round(percentile_cont(values, 0.5)),
-            p90=_round(percentile_cont(values, 0.9)),
-        )
-    return stats
-
-
 # ------------------------------------------------------------ slices
 
 
 def _client_type(prefix: str = ""):
-    """'repeat' when the client had a won deal closed before this deal closed (or now)."""
-    earlier_won = Deal.objects.filter(
-        contact_id=OuterRef(f"{prefix}contact_id"),
-        status=DealStatus.WON,
-        closed_at__lt=Coalesce(OuterRef(f"{prefix}closed_at"), Now()),
-    ).exclude(pk=OuterRef(f"{prefix}pk"))
+    """'repeat' when the client had another won deal closed before this one closed
+    (or before now, while it is open): ``Deal.is_repeat_client``, kept by analytics/facts.py."""
     return Case(
-        When(Exists(earlier_won), then=Value("repeat")),
+        When(**{f"{prefix}is_repeat_client": True}, then=Value("repeat")),
         default=Value("first"),
         output_field=CharField(),
     )
@@ -210,119 +172,179 @@ class _Period:
         return Q(**{f"{field}__gte": self.start, f"{field}__lt": self.end})
 
 
+@dataclasses.dataclass
+class _Duration:
+    """A duration statistic: ``value`` over the rows matching ``when``."""
+
+    name: str
+    value: object
+    when: Q
+
+
+def _aggregate(
+    rows: QuerySet, keys: list[str], counts: dict[str, Aggregate], durations: list[_Duration]
+) -> dict[tuple, dict]:
+    """One grouped pass: plain aggregates, and count/mean/median/p90 of each duration.
+
+    PostgreSQL does it all in one query (``FILTER`` and ``percentile_cont``);
+    SQLite computes the same percentiles in Python.
+    """
+    out: dict[tuple, dict] = defaultdict(dict)
+    postgres = connection.vendor == "postgresql"
+    aggregates = dict(counts)
+    if postgres:
+        for d in durations:
+            when = d.when & Q(**{f"_{d.name}__isnull": False})
+            aggregates[f"{d.name}__n"] = Count("pk", filter=when)
+            aggregates[f"{d.name}__mean"] = Avg(f"_{d.name}", filter=when)
+            aggregates[f"{d.name}__median"] = PercentileCont(f"_{d.name}", 0.5, filter=when)
+            aggregates[f"{d.name}__p90"] = PercentileCont(f"_{d.name}", 0.9, filter=when)
+        rows_pg = rows.annotate(**{f"_{d.name}": d.value for d in durations})
+        source = rows_pg.values(*keys).annotate(**aggregates) if aggregates else []
+    else:
+        source = rows.values(*keys).annotate(**aggregates) if aggregates else []
+    for row in source:
+        key = tuple(row[k] for k in keys)
+        out[key].update({name: row[name] for name in counts})
+        for d in durations if postgres else ():
+            out[key][d.name] = Durations(
+                count=row[f"{d.name}__n"],
+                mean=_round(row[f"{d.name}__mean"]),
+                median=_round(row[f"{d.name}__median"]),
+                p90=_round(row[f"{d.name}__p90"]),
+            )
+    if not postgres:
+        for d in durations:
+            values: dict[tuple, list[float]] = defaultdict(list)
+            matching = rows.filter(d.when).annotate(_v=d.value).filter(_v__isnull=False)
+            for row in matching.values_list(*keys, "_v"):
+                values[tuple(row[:-1])].append(round(row[-1], 3))
+            for key, vals in values.items():
+                vals.sort()
+                out[key][d.name] = Durations(
+                    count=len(vals),
+                    mean=_round(sum(vals) / len(vals)),
+                    median=_round(percentile_cont(vals, 0.5)),
+                    p90=_round(percentile_cont(vals, 0.9)),
+                )
+    return out
+
+
+def _analytics_session() -> None:
+    """Exact percentiles sort in memory: give this transaction room to do it."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL work_mem = '256MB'")
+
+
 def funnel_report(query: FunnelQuery) -> FunnelReport:
     """Compute every figure of METRICS.md for one funnel, period and slice."""
+    with transaction.atomic():
+        _analytics_session()
+        return _funnel_report(query)
+
+
+def _funnel_report(query: FunnelQuery) -> FunnelReport:
     funnel = Funnel.objects.get(pk=query.funnel_id)
     stages = list(funnel.stages.order_by("position"))
     period = _Period(query)
     window = datetime.timedelta(days=query.window_days) if query.window_days else None
     cohort = query.mode == Mode.COHORT
+    target = funnel.target_response_minutes * 60
 
     # No default ordering: it would join the GROUP BY.
     deals = _scoped(Deal.objects.filter(funnel_id=funnel.pk).order_by(), query)
-    population = deals.filter(period.q("created_at")) if cohort else deals
+    won_q = Q(status=DealStatus.WON)
+    if cohort and window is not None:
+        won_q &= Q(closed_at__lt=F("created_at") + window)
+    lost_q = Q(status=DealStatus.LOST)
+    open_q = Q(status__in=OPEN_STATUSES)
+    repeat_q = Q(is_repeat_client=True)
+    response_seconds = Seconds(F("first_response_at"), F("created_at"))
 
-    # Steps: counts of deals that reached each stage, and Won.
-    counts: dict[str, dict] = defaultdict(dict)
-    if cohort and window is None:
-        aggregates = {
-            f"s{stage.position}": Count("pk", filter=Q(reached_position__gte=stage.position))
-            for stage in stages
-        }
-        aggregates["won"] = Count("pk", filter=Q(status=DealStatus.WON))
-        for row in population.values("_g").annotate(**aggregates):
-            counts[row["_g"]] = row
+    closing = {  # won and lost deals: money and funnel length
+        "won": Count("pk", filter=won_q),
+        "won_amount": Sum("amount", filter=won_q),
+        "repeat_n": Count("pk", filter=won_q & repeat_q),
+        "repeat_amount": Sum("amount", filter=won_q & repeat_q),
+        "lost": Count("pk", filter=lost_q),
+    }
+    closing_durations = [
+        _Duration("length_won", Seconds(F("closed_at"), F("created_at")), won_q),
+        _Duration("length_lost", Seconds(F("closed_at"), F("created_at")), lost_q),
+    ]
+    entering = {  # new leads: response time
+        "responded": Count("pk", filter=Q(first_response_at__isnull=False)),
+        "waiting": Count("pk", filter=Q(first_response_at__isnull=True) & open_q),
+        "within": Count(
+            "pk",
+            filter=Q(first_response_at__isnull=False)
+            & Q(first_response_at__lte=F("created_at") + datetime.timedelta(seconds=target)),
+        ),
+    }
+    entering_durations = [
+        _Duration("response", response_seconds, Q(first_response_at__isnull=False))
+    ]
+    pipeline = {}  # open deals per stage, and their amount for the weighted pipeline
+    for stage in stages:
+        pipeline[f"open_{stage.pk}"] = Count("pk", filter=open_q & Q(stage_id=stage.pk))
+        pipeline[f"open_amount_{stage.pk}"] = Sum("amount", filter=open_q & Q(stage_id=stage.pk))
+
+    figures_by_group: dict[tuple, dict] = defaultdict(dict)
+    if cohort:
+        population = deals.filter(period.q("created_at"))
+        reached = {}
+        if window is None:
+            reached = {
+                f"s{stage.position}": Count("pk", filter=Q(reached_position__gte=stage.position))
+                for stage in stages
+            }
+        rows = _aggregate(
+            population,
+            ["_g"],
+            {**reached, **closing, **entering, **pipeline},
+            closing_durations + entering_durations,
+        )
+        _merge(figures_by_group, rows)
+        lost_deals = population.filter(lost_q)
     else:
+        closed = deals.filter(period.q("closed_at"))
+        _merge(figures_by_group, _aggregate(closed, ["_g"], closing, closing_durations))
+        entered = deals.filter(period.q("created_at"))
+        _merge(figures_by_group, _aggregate(entered, ["_g"], entering, entering_durations))
+        _merge(figures_by_group, _aggregate(deals.filter(open_q), ["_g"], pipeline, []))
+        lost_deals = closed.filter(lost_q)
+
+    if not cohort or window is not None:
         reaches = _scoped(StageReach.objects.filter(funnel_id=funnel.pk), query, "deal__")
         if cohort:
             reaches = reaches.filter(period.q("deal__created_at")).filter(
                 reached_at__lt=F("deal__created_at") + window
             )
-            won = population.filter(status=DealStatus.WON, closed_at__lt=F("created_at") + window)
         else:
             reaches = reaches.filter(period.q("reached_at"))
-            won = deals.filter(status=DealStatus.WON).filter(period.q("closed_at"))
-        aggregates = {
+        counts = {
             f"s{stage.position}": Count("pk", filter=Q(position=stage.position)) for stage in stages
         }
-        for row in reaches.values("_g").annotate(**aggregates):
-            counts[row["_g"]].update(row)
-        for row in won.values("_g").annotate(won=Count("pk")):
-            counts[row["_g"]]["won"] = row["won"]
+        _merge(figures_by_group, _aggregate(reaches, ["_g"], counts, []))
 
-    # Lost and open deals per stage.
-    if cohort:
-        lost_deals = population.filter(status=DealStatus.LOST)
-        won_deals = population.filter(status=DealStatus.WON)
-        if window is not None:
-            won_deals = won_deals.filter(closed_at__lt=F("created_at") + window)
-    else:
-        lost_deals = deals.filter(status=DealStatus.LOST).filter(period.q("closed_at"))
-        won_deals = deals.filter(status=DealStatus.WON).filter(period.q("closed_at"))
-    open_deals = population.filter(status__in=OPEN_STATUSES)
     reasons = dict(LossReason.objects.filter(funnel=funnel).values_list("pk", "name"))
     lost: dict[str, dict[int, dict[str, int]]] = defaultdict(lambda: defaultdict(dict))
     for row in lost_deals.values("_g", "stage_id", "loss_reason_id").annotate(n=Count("pk")):
         lost[row["_g"]][row["stage_id"]][reasons.get(row["loss_reason_id"], "")] = row["n"]
-    opened: dict[str, dict[int, int]] = defaultdict(dict)
-    for row in open_deals.values("_g", "stage_id").annotate(n=Count("pk")):
-        opened[row["_g"]][row["stage_id"]] = row["n"]
-    pipeline: dict[str, float] = {}
-    for row in open_deals.values("_g").annotate(
-        w=Sum(
-            F("amount") * F("stage__probability") / 100,
-            output_field=DecimalField(max_digits=20, decimal_places=4),
-        )
-    ):
-        pipeline[row["_g"]] = float(row["w"] or 0)
 
     # Time in stage over finished visits.
     times = _scoped(
         StageTime.objects.filter(funnel_id=funnel.pk, visit_started_at__isnull=True, visits__gt=0),
         query,
         "deal__",
-    )
-    times = times.filter(period.q("deal__created_at") if cohort else period.q("last_left_at"))
-    stage_times = _duration_stats(times, F("seconds"), ["_g", "stage_id"])
-
-    # Funnel length, money, response time.
-    length_won = _duration_stats(won_deals, Seconds(F("closed_at"), F("created_at")), ["_g"])
-    length_lost = _duration_stats(lost_deals, Seconds(F("closed_at"), F("created_at")), ["_g"])
-    money: dict[str, dict] = {}
-    for row in (
-        won_deals.annotate(_ct=_client_type())
-        .values("_g")
-        .annotate(
-            n=Count("pk"),
-            won_amount=Sum("amount"),
-            first_n=Count("pk", filter=Q(_ct="first")),
-            first_amount=Sum("amount", filter=Q(_ct="first")),
-            repeat_n=Count("pk", filter=Q(_ct="repeat")),
-            repeat_amount=Sum("amount", filter=Q(_ct="repeat")),
-        )
-    ):
-        money[row["_g"]] = row
-    new_leads = population if cohort else deals.filter(period.q("created_at"))
-    target = funnel.target_response_minutes * 60
-    response_stats = _duration_stats(
-        new_leads, Seconds(F("first_response_at"), F("created_at")), ["_g"]
-    )
-    response_counts: dict[str, dict] = {}
-    for row in (
-        new_leads.annotate(_r=Seconds(F("first_response_at"), F("created_at")))
-        .values("_g")
-        .annotate(
-            responded=Count("pk", filter=Q(first_response_at__isnull=False)),
-            waiting=Count("pk", filter=Q(first_response_at__isnull=True, status__in=OPEN_STATUSES)),
-            within=Count("pk", filter=Q(_r__lte=target)),
-        )
-    ):
-        response_counts[row["_g"]] = row
+    ).filter(period.q("deal__created_at") if cohort else period.q("last_left_at"))
+    stage_times = _aggregate(times, ["_g", "stage_id"], {}, [_Duration("time", F("seconds"), Q())])
 
     def figures(key: str) -> FunnelFigures:
-        row = counts.get(key, {})
-        step_counts = [row.get(f"s{stage.position}", 0) or 0 for stage in stages]
-        won_count = row.get("won", 0) or 0
+        row = figures_by_group.get((key,), {})
+        step_counts = [row.get(f"s{stage.position}") or 0 for stage in stages]
+        won_count = row.get("won") or 0
         entered = step_counts[0] if step_counts else 0
         steps: list[Step] = []
         previous = None
@@ -342,8 +364,8 @@ def funnel_report(query: FunnelQuery) -> FunnelReport:
                     else float(stage.target_conversion) / 100,
                     lost=sum(by_reason.values()),
                     lost_by_reason=dict(sorted(by_reason.items(), key=lambda kv: -kv[1])),
-                    open=opened[key].get(stage.pk, 0),
-                    time_in_stage=stage_times.get((key, stage.pk), Durations()),
+                    open=row.get(f"open_{stage.pk}") or 0,
+                    time_in_stage=stage_times.get((key, stage.pk), {}).get("time", Durations()),
                 )
             )
             previous = count
@@ -358,51 +380,43 @@ def funnel_report(query: FunnelQuery) -> FunnelReport:
                 drop_off_share=None if previous is None else _ratio(previous - won_count, previous),
             )
         )
-        m = money.get(key, {})
-        won_amount = float(m.get("won_amount") or 0)
-        won_n = m.get("n", 0)
-        rc = response_counts.get(key, {})
-        rs = response_stats.get((key,), Durations())
+        won_amount = float(row.get("won_amount") or 0)
+        repeat = Money(count=row.get("repeat_n") or 0, amount=float(row.get("repeat_amount") or 0))
+        weighted = sum(
+            float(row.get(f"open_amount_{stage.pk}") or 0) * stage.probability / 100
+            for stage in stages
+        )
+        responded = row.get("responded") or 0
         return FunnelFigures(
             entered=entered,
             steps=steps,
             overall_conversion=_ratio(won_count, entered),
-            won=Money(count=won_n, amount=won_amount),
-            average_check=_round(_ratio(won_amount, won_n), 2),
-            first_sales=Money(count=m.get("first_n", 0), amount=float(m.get("first_amount") or 0)),
-            repeat_sales=Money(
-                count=m.get("repeat_n", 0), amount=float(m.get("repeat_amount") or 0)
-            ),
-            lost_total=sum(sum(r.values()) for r in lost[key].values()),
-            open_total=sum(opened[key].values()),
-            weighted_pipeline=round(pipeline.get(key, 0.0), 2),
-            length_to_won=length_won.get((key,), Durations()),
-            length_to_lost=length_lost.get((key,), Durations()),
+            won=Money(count=won_count, amount=won_amount),
+            average_check=_round(_ratio(won_amount, won_count), 2),
+            first_sales=Money(count=won_count - repeat.count, amount=won_amount - repeat.amount),
+            repeat_sales=repeat,
+            lost_total=row.get("lost") or 0,
+            open_total=sum(row.get(f"open_{stage.pk}") or 0 for stage in stages),
+            weighted_pipeline=round(weighted, 2),
+            length_to_won=row.get("length_won", Durations()),
+            length_to_lost=row.get("length_lost", Durations()),
             response=Response(
-                responded=rc.get("responded", 0),
-                waiting=rc.get("waiting", 0),
-                median=rs.median,
-                within_target_share=_ratio(rc.get("within", 0), rc.get("responded", 0)),
+                responded=responded,
+                waiting=row.get("waiting") or 0,
+                median=row.get("response", Durations()).median,
+                within_target_share=_ratio(row.get("within") or 0, responded),
                 target_seconds=target,
             ),
         )
 
     if query.group_by:
         keys = sorted(
-            {*counts, *lost, *opened, *money, *response_counts} - {TOTAL},
+            {key for (key,) in figures_by_group} | set(lost) - {TOTAL},
             key=lambda k: (k == "", k),
         )
         labels = _labels(query.group_by, keys)
         groups = [Group(key=k, label=labels[k], figures=figures(k)) for k in keys]
-        totals_query = FunnelQuery(
-            funnel_id=query.funnel_id,
-            date_from=query.date_from,
-            date_to=query.date_to,
-            mode=query.mode,
-            window_days=query.window_days,
-            filters=query.filters,
-        )
-        totals = funnel_report(totals_query).totals
+        totals = _funnel_report(dataclasses.replace(query, group_by=None)).totals
     else:
         groups = []
         totals = figures(TOTAL)
@@ -414,6 +428,11 @@ def funnel_report(query: FunnelQuery) -> FunnelReport:
         groups=groups,
         computed_at=timezone.now(),
     )
+
+
+def _merge(target: dict[tuple, dict], rows: dict[tuple, dict]) -> None:
+    for key, values in rows.items():
+        target[key].update(values)
 
 
 def _labels(field: str, keys: Iterable[str]) -> dict[str, str]:

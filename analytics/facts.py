@@ -69,6 +69,50 @@ def record_created(deal: Deal, at: datetime.datetime) -> None:
     _reach(deal, deal.stage.position, at, first=True)
     _start_visit(deal, deal.stage_id, at)
     Deal.objects.filter(pk=deal.pk).update(reached_position=deal.reached_position)
+    record_client_changed(deal)
+
+
+def record_client_changed(deal: Deal) -> None:
+    """The deal got a client: whether it is a repeat sale depends on his other deals."""
+    if deal.contact_id is not None:
+        client_types_refresh([deal.contact_id])
+        deal.is_repeat_client = Deal.objects.values_list("is_repeat_client", flat=True).get(
+            pk=deal.pk
+        )
+
+
+def client_types_refresh(
+    contact_ids: Iterable[int], *, current: tuple[int, str, datetime.datetime | None] | None = None
+) -> None:
+    """Recompute ``is_repeat_client`` for every deal of these clients.
+
+    ``current`` = (deal id, status, closed_at) overrides a deal whose change is
+    not saved yet. A deal is a repeat one when the client has another won deal
+    closed before this deal closed (or at all, while it is open).
+    """
+    rows = list(
+        Deal.objects.filter(contact_id__in=list(contact_ids)).values_list(
+            "pk", "contact_id", "status", "closed_at", "is_repeat_client"
+        )
+    )
+    if current is not None:
+        rows = [
+            (pk, contact, *current[1:], flag) if pk == current[0] else (pk, contact, st, at, flag)
+            for pk, contact, st, at, flag in rows
+        ]
+    won: dict[int, list[tuple[datetime.datetime, int]]] = defaultdict(list)
+    for pk, contact, status, closed_at, _flag in rows:
+        if status == DealStatus.WON:
+            won[contact].append((closed_at, pk))
+    changed = []
+    for pk, contact, _status, closed_at, flag in rows:
+        repeat = any(
+            other != pk and (closed_at is None or won_at < closed_at)
+            for won_at, other in won[contact]
+        )
+        if repeat != flag:
+            changed.append(Deal(pk=pk, is_repeat_client=repeat))
+    Deal.objects.bulk_update(changed, ["is_repeat_client"], batch_size=1000)
 
 
 def record_stage_entered(
@@ -90,6 +134,13 @@ def record_status_changed(
     """Closing ends the stage visit (a win reaches every stage); reopening starts one."""
     changed = _responded(deal, actor, at)
     closed = (DealStatus.WON, DealStatus.LOST)
+    if deal.contact_id is not None:  # closing or winning changes what counts as "before"
+        client_types_refresh(
+            [deal.contact_id], current=(deal.pk, to_status, at if to_status in closed else None)
+        )
+        deal.is_repeat_client = Deal.objects.values_list("is_repeat_client", flat=True).get(
+            pk=deal.pk
+        )
     if to_status in closed and from_status not in closed:
         _end_visit(deal, deal.stage_id, at)
     if from_status in closed and to_status not in closed:
@@ -255,6 +306,11 @@ def facts_rebuild(
         StageTime.objects.bulk_create(times, batch_size=5000)
         Deal.objects.bulk_update(
             updates, ["reached_position", "first_response_at"], batch_size=1000
+        )
+        client_types_refresh(
+            Deal.objects.filter(pk__in=batch, contact__isnull=False)
+            .values_list("contact_id", flat=True)
+            .distinct()
         )
     return len(ids)
 

@@ -99,10 +99,13 @@ class Deal(models.Model):
     closed_at = models.DateTimeField(_("closed at"), null=True, blank=True)
     updated_at = models.DateTimeField(_("updated at"), auto_now=True)
     # Kept by the service functions in the same transaction (analytics/facts.py):
-    # the highest stage position ever reached (all of them once won), and the
-    # first action by a person, for response time.
+    # the highest stage position ever reached (all of them once won), the first
+    # action by a person (response time), and whether the client is a repeat one.
     reached_position = models.PositiveIntegerField(_("furthest stage reached"), default=0)
     first_response_at = models.DateTimeField(_("first response at"), null=True, blank=True)
+    # The client had another won deal closed before this one closed (or before now,
+    # while open): a repeat sale rather than a first one (METRICS.md, "Money").
+    is_repeat_client = models.BooleanField(_("repeat client"), default=False)
     version = models.PositiveIntegerField(
         _("version"), default=1, help_text=_("Grows with every change; stale edits are refused.")
     )

@@ -122,15 +122,18 @@ def contact_find_or_create(
 
 
 def _lock(deal: Deal | int) -> Deal:
+    """Lock the deal's row and read it fresh.
+
+    Callers read the clock (``at``) only after this returns, so that the history
+    of concurrent changes is in the order the locks were taken.
+    """
     deal_id = deal.pk if isinstance(deal, Deal) else deal
-    try:
-        return (
-            Deal.objects.select_for_update(of=("self",))
-            .select_related("funnel", "stage", "owner", "contact")
-            .get(pk=deal_id)
-        )
-    except Deal.DoesNotExist:
-        raise NotFound(_("Deal %(id)s does not exist.") % {"id": deal_id}) from None
+    # Lock the bare row first, then read it with its relations. With the joins inside
+    # the FOR UPDATE, PostgreSQL re-checks a row that a concurrent transaction has just
+    # moved against the old joined stage and drops it: a spurious "does not exist".
+    if not Deal.objects.select_for_update().filter(pk=deal_id).values_list("pk", flat=True):
+        raise NotFound(_("Deal %(id)s does not exist.") % {"id": deal_id})
+    return Deal.objects.select_related("funnel", "stage", "owner", "contact").get(pk=deal_id)
 
 
 def _check_actor(actor: User | None, deal: Deal) -> None:
@@ -414,6 +417,8 @@ def deal_update(
     changed = _apply_values(deal, values)
     if changed:
         _save(deal, changed)
+    if "contact" in changed:
+        facts.record_client_changed(deal)
     return deal
 
 
@@ -433,8 +438,8 @@ def deal_move_to_stage(
     stage k needs the required fields of stages 1..k; the error names every
     missing one and nothing is saved. The entered stage's tasks are made.
     """
-    at = at or timezone.now()
     deal = _lock(deal)
+    at = at or timezone.now()
     _check_actor(actor, deal)
     _check_version(deal, expected_version)
     if deal.is_closed:
@@ -480,8 +485,8 @@ def deal_win(
     at: datetime.datetime | None = None,
 ) -> Deal:
     """Close a deal as won. Every stage's required fields must be filled."""
-    at = at or timezone.now()
     deal = _lock(deal)
+    at = at or timezone.now()
     _check_actor(actor, deal)
     _check_version(deal, expected_version)
     _check_open(deal, _("win"))
@@ -506,8 +511,8 @@ def deal_lose(
 ) -> Deal:
     """Close a deal as lost. An active loss reason of the deal's funnel is mandatory;
     a reason marked ``requires_comment`` (“Other”) needs a comment."""
-    at = at or timezone.now()
     deal = _lock(deal)
+    at = at or timezone.now()
     _check_actor(actor, deal)
     _check_version(deal, expected_version)
     _check_open(deal, _("lose"))
@@ -555,8 +560,8 @@ def deal_postpone(
 
     A postponed deal postponed again only gets the new date.
     """
-    at = at or timezone.now()
     deal = _lock(deal)
+    at = at or timezone.now()
     _check_actor(actor, deal)
     _check_version(deal, expected_version)
     _check_open(deal, _("postpone"))
@@ -597,8 +602,8 @@ def deal_reopen(
     at: datetime.datetime | None = None,
 ) -> Deal:
     """Return a won, lost or postponed deal to work, on the stage it was on."""
-    at = at or timezone.now()
     deal = _lock(deal)
+    at = at or timezone.now()
     _check_actor(actor, deal)
     _check_version(deal, expected_version)
     if deal.status == DealStatus.OPEN:
@@ -658,8 +663,8 @@ def deal_resume_postponed(*, deal: Deal | int, at: datetime.datetime | None = No
     Returns False (and does nothing) if the deal is no longer due, so the
     scheduled task can run twice safely.
     """
-    at = at or timezone.now()
     deal = _lock(deal)
+    at = at or timezone.now()
     if deal.status != DealStatus.POSTPONED or deal.next_contact_at > at:
         return False
     due = deal.next_contact_at

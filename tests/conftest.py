@@ -9,6 +9,15 @@ from accounts.models import Role
 from tests import factories
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "postgres_only: needs PostgreSQL row locks (skipped on the embedded SQLite default)",
+    )
+    # WhiteNoise looks for collected static files, which tests never collect.
+    config.addinivalue_line("filterwarnings", "ignore:No directory at:UserWarning")
+
+
 def pytest_collection_modifyitems(config, items):
     # Row locks and the history trigger exist only on PostgreSQL; SQLite serialises writers.
     if connection.vendor == "postgresql":

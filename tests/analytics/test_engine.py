@@ -12,7 +12,6 @@ from analytics.models import StageReach, StageTime
 from analytics.types import FunnelQuery, Mode
 from deals.bulk import DealPlan, deals_bulk_load
 from deals.models import DealStatus
-from deals.services import contact_find_or_create
 from funnels.services import funnel_create
 from tests.story import START, DealStory
 
@@ -214,17 +213,14 @@ def test_percentile_cont_matches_sql():
 @pytest.mark.django_db
 def test_first_and_repeat_sales_and_average_check(four):
     funnel, _ = four
-    client = contact_find_or_create(name="Ivan", phone="+7 900 000-00-01")
-    other = contact_find_or_create(name="Olga", phone="+7 900 000-00-02")
-    first = DealStory(funnel).enters("S1", amount="100").won()
-    first.deal.contact = client
-    first.deal.save(update_fields=["contact"])
-    later = DealStory(funnel, start=START + DAY).enters("S1", amount="300").won()
-    later.deal.contact = client
-    later.deal.save(update_fields=["contact"])
-    single = DealStory(funnel, start=START + 2 * DAY).enters("S1", amount="200").won()
-    single.deal.contact = other
-    single.deal.save(update_fields=["contact"])
+    ivan = {"contact_name": "Ivan", "contact_phone": "+7 900 000-00-01"}
+    olga = {"contact_name": "Olga", "contact_phone": "+7 900 000-00-02"}
+    DealStory(funnel).enters("S1", amount="100", **ivan).won()
+    # Opened before Ivan's first win, but won after it: a repeat sale.
+    DealStory(funnel).enters("S1", amount="300", **ivan).moves_to("S2").won()
+    DealStory(funnel, start=START + 2 * DAY).enters("S1", amount="200", **olga).won()
+    lost = DealStory(funnel, start=START + DAY).enters("S1", amount="50", **olga)
+    lost.lost("Spam")  # lost before Olga bought: not a repeat client's deal
 
     figures = report(funnel).totals
 
@@ -233,7 +229,10 @@ def test_first_and_repeat_sales_and_average_check(four):
     assert (figures.first_sales.count, figures.first_sales.amount) == (2, 300.0)
     assert (figures.repeat_sales.count, figures.repeat_sales.amount) == (1, 300.0)
     by_type = report(funnel, group_by="client_type")
-    assert [(g.key, g.figures.won.count) for g in by_type.groups] == [("first", 2), ("repeat", 1)]
+    assert [(g.key, g.figures.entered, g.figures.won.count) for g in by_type.groups] == [
+        ("first", 3, 2),
+        ("repeat", 1, 1),
+    ]
 
 
 @pytest.mark.django_db
@@ -325,7 +324,11 @@ def test_summaries_kept_by_the_services_equal_the_ones_rebuilt_from_history(four
                 "deal_id", "stage_id", "seconds", "visits", "visit_started_at", "last_left_at"
             )
         )
-        deals = sorted(funnel.deals.values_list("pk", "reached_position", "first_response_at"))
+        deals = sorted(
+            funnel.deals.values_list(
+                "pk", "reached_position", "first_response_at", "is_repeat_client"
+            )
+        )
         return reaches, times, deals
 
     incremental = snapshot()
