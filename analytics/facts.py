@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from django.db.models import Max
 
 from analytics.models import StageReach, StageTime
+from crm.db import insert_rows, update_rows
 from deals.models import Deal, DealStatus, Note, StageChange, StatusChange, Task
 from funnels.models import Funnel, Stage
 
@@ -111,8 +112,8 @@ def client_types_refresh(
             for won_at, other in won[contact]
         )
         if repeat != flag:
-            changed.append(Deal(pk=pk, is_repeat_client=repeat))
-    Deal.objects.bulk_update(changed, ["is_repeat_client"], batch_size=1000)
+            changed.append((repeat, pk))
+    update_rows(Deal, ["is_repeat_client"], changed)
 
 
 def record_stage_entered(
@@ -208,42 +209,40 @@ def _first_responses(deal_ids: list[int]) -> dict[int, datetime.datetime]:
     return first
 
 
-class _Replay:
-    """One deal's history played forward, producing its summaries."""
+class Replay:
+    """One deal's history played forward, producing its summaries.
 
-    def __init__(self, deal_id: int, funnel_id: int) -> None:
-        self.deal_id, self.funnel_id = deal_id, funnel_id
+    ``play`` takes events ``(at, order, tie, kind, value)`` sorted by time, where
+    kind is "stage" (value: the entered stage id) or "status" (value: the new
+    status); order 0 for stage changes and 1 for status changes at the same instant.
+    """
+
+    def __init__(self) -> None:
         self.reached = -1
-        self.reaches: list[StageReach] = []
-        self.visits: dict[int, StageTime] = {}
+        self.reaches: list[tuple[int, datetime.datetime]] = []  # (position, reached_at)
+        # stage id -> [seconds, visits, visit_started_at, last_left_at]
+        self.visits: dict[int, list] = {}
 
     def reach(self, up_to: int, at: datetime.datetime) -> None:
-        for position in range(self.reached + 1, up_to + 1):
-            self.reaches.append(
-                StageReach(
-                    deal_id=self.deal_id, funnel_id=self.funnel_id, position=position, reached_at=at
-                )
-            )
+        self.reaches.extend((position, at) for position in range(self.reached + 1, up_to + 1))
         self.reached = max(self.reached, up_to)
 
     def start(self, stage_id: int, at: datetime.datetime) -> None:
-        row = self.visits.setdefault(
-            stage_id, StageTime(deal_id=self.deal_id, funnel_id=self.funnel_id, stage_id=stage_id)
-        )
-        row.visits += 1
-        row.visit_started_at = at
+        row = self.visits.setdefault(stage_id, [0.0, 0, None, None])
+        row[1] += 1
+        row[2] = at
 
     def end(self, stage_id: int, at: datetime.datetime) -> None:
         row = self.visits.get(stage_id)
-        if row is not None and row.visit_started_at is not None:
-            row.seconds += (at - row.visit_started_at).total_seconds()
-            row.visit_started_at = None
-            row.last_left_at = at
+        if row is not None and row[2] is not None:
+            row[0] += (at - row[2]).total_seconds()
+            row[2] = None
+            row[3] = at
 
     def play(self, events: list[tuple], positions: dict[int, int], last_position: int) -> None:
         stage_id = None
         closed = False
-        for at, _order, _pk, kind, value in events:
+        for at, _order, _tie, kind, value in events:
             if kind == "stage":
                 if stage_id is not None and not closed:
                     self.end(stage_id, at)
@@ -261,11 +260,23 @@ class _Replay:
             if value == DealStatus.WON:
                 self.reach(last_position, at)
 
+    def reach_rows(self, deal_id: int, funnel_id: int) -> list[tuple]:
+        """Rows for ``insert_rows(StageReach, REACH_COLUMNS, ...)``."""
+        return [(deal_id, funnel_id, position, at) for position, at in self.reaches]
+
+    def time_rows(self, deal_id: int, funnel_id: int) -> list[tuple]:
+        """Rows for ``insert_rows(StageTime, TIME_COLUMNS, ...)``."""
+        return [(deal_id, funnel_id, stage_id, *row) for stage_id, row in self.visits.items()]
+
+
+REACH_COLUMNS = ("deal", "funnel", "position", "reached_at")
+TIME_COLUMNS = ("deal", "funnel", "stage", "seconds", "visits", "visit_started_at", "last_left_at")
+
 
 def facts_rebuild(
-    *, funnel: Funnel | None = None, deal_ids: list[int] | None = None, chunk: int = 2000
+    *, funnel: Funnel | None = None, deal_ids: list[int] | None = None, chunk: int = 5000
 ) -> int:
-    """Recompute StageReach, StageTime, reached_position and first_response_at from history.
+    """Recompute StageReach, StageTime and the deal's summary fields from history.
 
     For one funnel, a list of deals, or everything. Returns the number of deals.
     Call inside a transaction.
@@ -287,26 +298,19 @@ def facts_rebuild(
         events = _events(batch)
         responses = _first_responses(batch)
         funnel_of = dict(Deal.objects.filter(pk__in=batch).values_list("pk", "funnel_id"))
-        reaches: list[StageReach] = []
-        times: list[StageTime] = []
-        updates: list[Deal] = []
+        reaches: list[tuple] = []
+        times: list[tuple] = []
+        updates: list[tuple] = []
         for deal_id in batch:
-            replay = _Replay(deal_id, funnel_of[deal_id])
-            replay.play(events.get(deal_id, []), positions, last_positions[funnel_of[deal_id]])
-            reaches.extend(replay.reaches)
-            times.extend(replay.visits.values())
-            updates.append(
-                Deal(
-                    pk=deal_id,
-                    reached_position=max(replay.reached, 0),
-                    first_response_at=responses.get(deal_id),
-                )
-            )
-        StageReach.objects.bulk_create(reaches, batch_size=5000)
-        StageTime.objects.bulk_create(times, batch_size=5000)
-        Deal.objects.bulk_update(
-            updates, ["reached_position", "first_response_at"], batch_size=1000
-        )
+            funnel_id = funnel_of[deal_id]
+            replay = Replay()
+            replay.play(events.get(deal_id, []), positions, last_positions[funnel_id])
+            reaches += replay.reach_rows(deal_id, funnel_id)
+            times += replay.time_rows(deal_id, funnel_id)
+            updates.append((max(replay.reached, 0), responses.get(deal_id), deal_id))
+        insert_rows(StageReach, REACH_COLUMNS, reaches)
+        insert_rows(StageTime, TIME_COLUMNS, times)
+        update_rows(Deal, ["reached_position", "first_response_at"], updates)
         client_types_refresh(
             Deal.objects.filter(pk__in=batch, contact__isnull=False)
             .values_list("contact_id", flat=True)

@@ -1,9 +1,9 @@
 """Bulk loading of deals with their history: the importer's and the benchmark's path.
 
 It writes exactly the rows the service functions would have written (the deal,
-its StageChange and StatusChange rows) and then derives the analytics
-summaries from that history with ``analytics.facts.facts_rebuild``, so figures
-over loaded data are exact. Rules are checked by the caller (the importer
+its StageChange and StatusChange rows) and derives the analytics summaries from
+that same history with ``analytics.facts.Replay``, the code ``facts_rebuild``
+uses, so figures over loaded data are exact. Rules are checked by the caller (the importer
 validates every row first); this module only writes, fast, in one transaction.
 """
 
@@ -12,10 +12,13 @@ import datetime
 from decimal import Decimal
 
 from django.db import transaction
+from django.utils import timezone
 
-from analytics.facts import facts_rebuild
+from analytics.facts import REACH_COLUMNS, TIME_COLUMNS, Replay, client_types_refresh
+from analytics.models import StageReach, StageTime
+from crm.db import insert_rows, reserve_ids
 from deals.models import Deal, DealStatus, StageChange, StatusChange
-from funnels.models import Funnel
+from funnels.models import Funnel, Stage
 
 
 @dataclasses.dataclass
@@ -42,82 +45,168 @@ class DealPlan:
     custom_fields: dict = dataclasses.field(default_factory=dict)
 
 
-def deals_bulk_load(*, funnel: Funnel, plans: list[DealPlan], batch_size: int = 2000) -> list[int]:
-    """Write the deals and their history; return the new deal ids in plan order."""
+DEAL_COLUMNS = (
+    "funnel",
+    "stage",
+    "status",
+    "title",
+    "owner",
+    "contact",
+    "amount",
+    "source",
+    "product",
+    "region",
+    "temperature",
+    "next_contact_at",
+    "loss_reason",
+    "loss_comment",
+    "custom_fields",
+    "external_id",
+    "created_at",
+    "stage_entered_at",
+    "closed_at",
+    "updated_at",
+    "version",
+    "reached_position",
+    "is_repeat_client",
+)
+STAGE_CHANGE_COLUMNS = ("deal", "from_stage", "to_stage", "at", "actor")
+STATUS_CHANGE_COLUMNS = (
+    "deal",
+    "from_status",
+    "to_status",
+    "at",
+    "actor",
+    "stage",
+    "loss_reason",
+    "comment",
+    "next_contact_at",
+)
+
+
+def _history(plan: DealPlan) -> tuple[list[tuple], list[tuple]]:
+    """The plan's stage changes and status changes, as rows without the deal id."""
+    stage_rows, previous = [], None
+    for stage_id, at in plan.path:
+        stage_rows.append((previous, stage_id, at, None))
+        previous = stage_id
+    status_rows = []
+    last_stage = plan.path[-1][0]
+    if plan.status == DealStatus.POSTPONED:
+        at = plan.postponed_at or plan.path[-1][1]
+        status_rows.append(
+            (
+                DealStatus.OPEN,
+                DealStatus.POSTPONED,
+                at,
+                None,
+                last_stage,
+                None,
+                "",
+                plan.next_contact_at,
+            )
+        )
+    elif plan.status in (DealStatus.WON, DealStatus.LOST):
+        reason = plan.loss_reason_id if plan.status == DealStatus.LOST else None
+        status_rows.append(
+            (
+                DealStatus.OPEN,
+                plan.status,
+                plan.closed_at,
+                None,
+                last_stage,
+                reason,
+                plan.loss_comment,
+                None,
+            )
+        )
+    return stage_rows, status_rows
+
+
+def _events(stage_rows: list[tuple], status_rows: list[tuple]) -> list[tuple]:
+    events = [(at, 0, i, "stage", to_stage) for i, (_f, to_stage, at, _a) in enumerate(stage_rows)]
+    events += [(row[2], 1, i, "status", row[1]) for i, row in enumerate(status_rows)]
+    return sorted(events)
+
+
+def deals_bulk_load(*, funnel: Funnel, plans: list[DealPlan], batch_size: int = 5000) -> list[int]:
+    """Write the deals, their history and their analytics summaries; return the new ids."""
+    positions = dict(Stage.objects.filter(funnel=funnel).values_list("id", "position"))
+    last_position = max(positions.values())
+    now = timezone.now()
     ids: list[int] = []
     with transaction.atomic():
         for offset in range(0, len(plans), batch_size):
             batch = plans[offset : offset + batch_size]
-            deals = Deal.objects.bulk_create(
-                [
+            histories = [_history(plan) for plan in batch]
+            replays = []
+            for stage_rows, status_rows in histories:
+                replay = Replay()
+                replay.play(_events(stage_rows, status_rows), positions, last_position)
+                replays.append(replay)
+            rows = [
+                (
+                    funnel.pk,
+                    plan.path[-1][0],
+                    plan.status,
+                    plan.title,
+                    plan.owner_id,
+                    plan.contact_id,
+                    plan.amount,
+                    plan.source,
+                    plan.product,
+                    plan.region,
+                    plan.temperature,
+                    plan.next_contact_at if plan.status == DealStatus.POSTPONED else None,
+                    plan.loss_reason_id if plan.status == DealStatus.LOST else None,
+                    plan.loss_comment,
+                    plan.custom_fields,
+                    plan.external_id,
+                    plan.created_at,
+                    plan.path[-1][1],
+                    plan.closed_at if plan.status in (DealStatus.WON, DealStatus.LOST) else None,
+                    now,
+                    1,
+                    max(replay.reached, 0),
+                    False,
+                )
+                for plan, replay in zip(batch, replays, strict=True)
+            ]
+            deal_ids = reserve_ids(Deal, len(rows))
+            if deal_ids is not None:
+                insert_rows(
+                    Deal,
+                    ("id", *DEAL_COLUMNS),
+                    [(i, *r) for i, r in zip(deal_ids, rows, strict=True)],
+                )
+            else:  # SQLite: let the database number them
+                created = Deal.objects.bulk_create(
                     Deal(
-                        funnel=funnel,
-                        stage_id=plan.path[-1][0],
-                        status=plan.status,
-                        title=plan.title,
-                        owner_id=plan.owner_id,
-                        contact_id=plan.contact_id,
-                        amount=plan.amount,
-                        source=plan.source,
-                        product=plan.product,
-                        region=plan.region,
-                        temperature=plan.temperature,
-                        next_contact_at=plan.next_contact_at
-                        if plan.status == DealStatus.POSTPONED
-                        else None,
-                        loss_reason_id=plan.loss_reason_id
-                        if plan.status == DealStatus.LOST
-                        else None,
-                        loss_comment=plan.loss_comment,
-                        custom_fields=plan.custom_fields,
-                        external_id=plan.external_id,
-                        created_at=plan.created_at,
-                        stage_entered_at=plan.path[-1][1],
-                        closed_at=plan.closed_at
-                        if plan.status in (DealStatus.WON, DealStatus.LOST)
-                        else None,
+                        **{
+                            f"{name}_id" if name in _FOREIGN_KEYS else name: value
+                            for name, value in zip(DEAL_COLUMNS, row, strict=True)
+                        }
                     )
-                    for plan in batch
-                ]
-            )
-            if deals and deals[0].pk is None:  # backends without RETURNING
-                raise RuntimeError("bulk loading needs a database that returns new ids")
-            stage_changes: list[StageChange] = []
-            status_changes: list[StatusChange] = []
-            for deal, plan in zip(deals, batch, strict=True):
-                previous = None
-                for stage_id, at in plan.path:
-                    stage_changes.append(
-                        StageChange(deal=deal, from_stage_id=previous, to_stage_id=stage_id, at=at)
-                    )
-                    previous = stage_id
-                if plan.status == DealStatus.POSTPONED:
-                    status_changes.append(
-                        StatusChange(
-                            deal=deal,
-                            from_status=DealStatus.OPEN,
-                            to_status=DealStatus.POSTPONED,
-                            at=plan.postponed_at or plan.path[-1][1],
-                            stage_id=plan.path[-1][0],
-                            next_contact_at=plan.next_contact_at,
-                        )
-                    )
-                elif plan.status in (DealStatus.WON, DealStatus.LOST):
-                    status_changes.append(
-                        StatusChange(
-                            deal=deal,
-                            from_status=DealStatus.OPEN,
-                            to_status=plan.status,
-                            at=plan.closed_at,
-                            stage_id=plan.path[-1][0],
-                            loss_reason_id=plan.loss_reason_id
-                            if plan.status == DealStatus.LOST
-                            else None,
-                            comment=plan.loss_comment,
-                        )
-                    )
-                ids.append(deal.pk)
-            StageChange.objects.bulk_create(stage_changes, batch_size=5000)
-            StatusChange.objects.bulk_create(status_changes, batch_size=5000)
-            facts_rebuild(deal_ids=[deal.pk for deal in deals])
+                    for row in rows
+                )
+                deal_ids = [deal.pk for deal in created]
+            stage_changes, status_changes, reaches, times = [], [], [], []
+            for deal_id, (stage_rows, status_rows), replay in zip(
+                deal_ids, histories, replays, strict=True
+            ):
+                stage_changes += [(deal_id, *row) for row in stage_rows]
+                status_changes += [(deal_id, *row) for row in status_rows]
+                reaches += replay.reach_rows(deal_id, funnel.pk)
+                times += replay.time_rows(deal_id, funnel.pk)
+            insert_rows(StageChange, STAGE_CHANGE_COLUMNS, stage_changes)
+            insert_rows(StatusChange, STATUS_CHANGE_COLUMNS, status_changes)
+            insert_rows(StageReach, REACH_COLUMNS, reaches)
+            insert_rows(StageTime, TIME_COLUMNS, times)
+            contacts = {plan.contact_id for plan in batch if plan.contact_id is not None}
+            if contacts:
+                client_types_refresh(contacts)
+            ids += deal_ids
     return ids
+
+
+_FOREIGN_KEYS = {"funnel", "stage", "owner", "contact", "loss_reason"}
