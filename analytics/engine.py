@@ -92,15 +92,17 @@ class Seconds(Func):
         )
 
 
-class PercentileCont(Aggregate):
-    """PostgreSQL's ``percentile_cont(f) WITHIN GROUP (ORDER BY x)``."""
+class MedianAndP90(Aggregate):
+    """PostgreSQL's ``percentile_cont(ARRAY[0.5, 0.9]) WITHIN GROUP (ORDER BY x)``:
+    both percentiles from one sort, as a two-element array."""
 
     function = "percentile_cont"
-    output_field = FloatField()
-    template = "%(function)s(%(fraction)s) WITHIN GROUP (ORDER BY %(expressions)s)"
+    template = "%(function)s(ARRAY[0.5, 0.9]) WITHIN GROUP (ORDER BY %(expressions)s)"
 
-    def __init__(self, expression, fraction: float, **extra):
-        super().__init__(expression, fraction=fraction, **extra)
+    def __init__(self, expression, **extra):
+        from django.contrib.postgres.fields import ArrayField
+
+        super().__init__(expression, output_field=ArrayField(FloatField()), **extra)
 
 
 def percentile_cont(sorted_values: list[float], fraction: float) -> float | None:
@@ -197,8 +199,7 @@ def _aggregate(
             when = d.when & Q(**{f"_{d.name}__isnull": False})
             aggregates[f"{d.name}__n"] = Count("pk", filter=when)
             aggregates[f"{d.name}__mean"] = Avg(f"_{d.name}", filter=when)
-            aggregates[f"{d.name}__median"] = PercentileCont(f"_{d.name}", 0.5, filter=when)
-            aggregates[f"{d.name}__p90"] = PercentileCont(f"_{d.name}", 0.9, filter=when)
+            aggregates[f"{d.name}__pct"] = MedianAndP90(f"_{d.name}", filter=when)
         rows_pg = rows.annotate(**{f"_{d.name}": d.value for d in durations})
         source = rows_pg.values(*keys).annotate(**aggregates) if aggregates else []
     else:
@@ -210,8 +211,8 @@ def _aggregate(
             out[key][d.name] = Durations(
                 count=row[f"{d.name}__n"],
                 mean=_round(row[f"{d.name}__mean"]),
-                median=_round(row[f"{d.name}__median"]),
-                p90=_round(row[f"{d.name}__p90"]),
+                median=_round((row[f"{d.name}__pct"] or [None, None])[0]),
+                p90=_round((row[f"{d.name}__pct"] or [None, None])[1]),
             )
     if not postgres:
         for d in durations:
@@ -244,6 +245,57 @@ def funnel_report(query: FunnelQuery) -> FunnelReport:
         return _funnel_report(query)
 
 
+class _Cube:
+    """Deal counts and amounts per (group, furthest position, status, stage, reason, ...).
+
+    One plain GROUP BY (a hash aggregate the database can run in parallel) gives
+    a few thousand rows at most; every count, sum and conversion of the report
+    is then added up from them.
+    """
+
+    KEYS = (
+        "_g",
+        "reached_position",
+        "status",
+        "stage_id",
+        "loss_reason_id",
+        "is_repeat_client",
+        "_in_window",
+        "_response",
+    )
+
+    def __init__(self, rows: QuerySet, *, window, target_seconds: int) -> None:
+        in_window = (
+            Case(When(closed_at__lt=F("created_at") + window, then=Value(1)), default=Value(0))
+            if window is not None
+            else Value(1)
+        )
+        response = Case(
+            When(first_response_at__isnull=True, then=Value(0)),
+            When(
+                first_response_at__lte=F("created_at") + datetime.timedelta(seconds=target_seconds),
+                then=Value(1),
+            ),
+            default=Value(2),
+        )
+        self.rows = list(
+            rows.annotate(_in_window=in_window, _response=response)
+            .values(*self.KEYS)
+            .annotate(n=Count("pk"), amount=Sum("amount"))
+        )
+
+    def total(self, key: str, amount: bool = False, **conditions) -> float:
+        checks = [
+            (name, value if callable(value) else value.__eq__) for name, value in conditions.items()
+        ]
+        field = "amount" if amount else "n"
+        return sum(
+            float(row[field] or 0) if amount else row[field]
+            for row in self.rows
+            if row["_g"] == key and all(check(row[name]) for name, check in checks)
+        )
+
+
 def _funnel_report(query: FunnelQuery) -> FunnelReport:
     funnel = Funnel.objects.get(pk=query.funnel_id)
     stages = list(funnel.stages.order_by("position"))
@@ -255,66 +307,53 @@ def _funnel_report(query: FunnelQuery) -> FunnelReport:
     # No default ordering: it would join the GROUP BY.
     deals = _scoped(Deal.objects.filter(funnel_id=funnel.pk).order_by(), query)
     won_q = Q(status=DealStatus.WON)
-    if cohort and window is not None:
+    if window is not None:
         won_q &= Q(closed_at__lt=F("created_at") + window)
     lost_q = Q(status=DealStatus.LOST)
-    open_q = Q(status__in=OPEN_STATUSES)
-    repeat_q = Q(is_repeat_client=True)
-    response_seconds = Seconds(F("first_response_at"), F("created_at"))
-
-    closing = {  # won and lost deals: money and funnel length
-        "won": Count("pk", filter=won_q),
-        "won_amount": Sum("amount", filter=won_q),
-        "repeat_n": Count("pk", filter=won_q & repeat_q),
-        "repeat_amount": Sum("amount", filter=won_q & repeat_q),
-        "lost": Count("pk", filter=lost_q),
-    }
-    closing_durations = [
+    lengths = [
         _Duration("length_won", Seconds(F("closed_at"), F("created_at")), won_q),
         _Duration("length_lost", Seconds(F("closed_at"), F("created_at")), lost_q),
     ]
-    entering = {  # new leads: response time
-        "responded": Count("pk", filter=Q(first_response_at__isnull=False)),
-        "waiting": Count("pk", filter=Q(first_response_at__isnull=True) & open_q),
-        "within": Count(
-            "pk",
-            filter=Q(first_response_at__isnull=False)
-            & Q(first_response_at__lte=F("created_at") + datetime.timedelta(seconds=target)),
-        ),
-    }
-    entering_durations = [
-        _Duration("response", response_seconds, Q(first_response_at__isnull=False))
+    responses = [
+        _Duration(
+            "response",
+            Seconds(F("first_response_at"), F("created_at")),
+            Q(first_response_at__isnull=False),
+        )
     ]
-    pipeline = {}  # open deals per stage, and their amount for the weighted pipeline
-    for stage in stages:
-        pipeline[f"open_{stage.pk}"] = Count("pk", filter=open_q & Q(stage_id=stage.pk))
-        pipeline[f"open_amount_{stage.pk}"] = Sum("amount", filter=open_q & Q(stage_id=stage.pk))
 
-    figures_by_group: dict[tuple, dict] = defaultdict(dict)
+    def cube(rows: QuerySet) -> _Cube:
+        return _Cube(rows, window=window, target_seconds=target)
+
+    durations: dict[tuple, dict] = defaultdict(dict)
     if cohort:
         population = deals.filter(period.q("created_at"))
-        reached = {}
-        if window is None:
-            reached = {
-                f"s{stage.position}": Count("pk", filter=Q(reached_position__gte=stage.position))
-                for stage in stages
-            }
-        rows = _aggregate(
-            population,
-            ["_g"],
-            {**reached, **closing, **entering, **pipeline},
-            closing_durations + entering_durations,
+        closing = entering = opening = cube(population)
+        _merge(
+            durations,
+            _aggregate(
+                population.filter(
+                    Q(status__in=(DealStatus.WON, DealStatus.LOST))
+                    | Q(first_response_at__isnull=False)
+                ),
+                ["_g"],
+                {},
+                lengths + responses,
+            ),
         )
-        _merge(figures_by_group, rows)
-        lost_deals = population.filter(lost_q)
     else:
         closed = deals.filter(period.q("closed_at"))
-        _merge(figures_by_group, _aggregate(closed, ["_g"], closing, closing_durations))
         entered = deals.filter(period.q("created_at"))
-        _merge(figures_by_group, _aggregate(entered, ["_g"], entering, entering_durations))
-        _merge(figures_by_group, _aggregate(deals.filter(open_q), ["_g"], pipeline, []))
-        lost_deals = closed.filter(lost_q)
+        closing = cube(closed)
+        entering = cube(entered)
+        opening = cube(deals.filter(status__in=OPEN_STATUSES))
+        _merge(durations, _aggregate(closed, ["_g"], {}, lengths))
+        _merge(
+            durations,
+            _aggregate(entered.filter(first_response_at__isnull=False), ["_g"], {}, responses),
+        )
 
+    reach_counts: dict[tuple, dict] = defaultdict(dict)
     if not cohort or window is not None:
         reaches = _scoped(StageReach.objects.filter(funnel_id=funnel.pk), query, "deal__")
         if cohort:
@@ -323,33 +362,47 @@ def _funnel_report(query: FunnelQuery) -> FunnelReport:
             )
         else:
             reaches = reaches.filter(period.q("reached_at"))
-        counts = {
-            f"s{stage.position}": Count("pk", filter=Q(position=stage.position)) for stage in stages
-        }
-        _merge(figures_by_group, _aggregate(reaches, ["_g"], counts, []))
+        for row in reaches.values("_g", "position").annotate(n=Count("pk")):
+            reach_counts[(row["_g"],)][row["position"]] = row["n"]
 
     reasons = dict(LossReason.objects.filter(funnel=funnel).values_list("pk", "name"))
-    lost: dict[str, dict[int, dict[str, int]]] = defaultdict(lambda: defaultdict(dict))
-    for row in lost_deals.values("_g", "stage_id", "loss_reason_id").annotate(n=Count("pk")):
-        lost[row["_g"]][row["stage_id"]][reasons.get(row["loss_reason_id"], "")] = row["n"]
 
     # Time in stage over finished visits.
     times = _scoped(
         StageTime.objects.filter(funnel_id=funnel.pk, visit_started_at__isnull=True, visits__gt=0),
         query,
         "deal__",
-    ).filter(period.q("deal__created_at") if cohort else period.q("last_left_at"))
+    ).filter(period.q("entered_at") if cohort else period.q("last_left_at"))
     stage_times = _aggregate(times, ["_g", "stage_id"], {}, [_Duration("time", F("seconds"), Q())])
 
+    def step_count(key: str, stage) -> int:
+        if cohort and window is None:
+            return closing.total(key, reached_position=lambda p: p >= stage.position)
+        return reach_counts.get((key,), {}).get(stage.position, 0)
+
+    def lost_by_stage(key: str, stage) -> dict[str, int]:
+        by_reason: dict[str, int] = defaultdict(int)
+        for row in closing.rows:
+            if (
+                row["_g"] == key
+                and row["status"] == DealStatus.LOST
+                and row["stage_id"] == stage.pk
+            ):
+                by_reason[reasons.get(row["loss_reason_id"], "")] += row["n"]
+        return dict(sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0])))
+
+    def is_open(status: str) -> bool:
+        return status in OPEN_STATUSES
+
     def figures(key: str) -> FunnelFigures:
-        row = figures_by_group.get((key,), {})
-        step_counts = [row.get(f"s{stage.position}") or 0 for stage in stages]
-        won_count = row.get("won") or 0
+        won_conditions = {"status": DealStatus.WON, "_in_window": 1}
+        step_counts = [step_count(key, stage) for stage in stages]
+        won_count = closing.total(key, **won_conditions)
         entered = step_counts[0] if step_counts else 0
         steps: list[Step] = []
         previous = None
         for stage, count in zip(stages, step_counts, strict=True):
-            by_reason = lost[key].get(stage.pk, {})
+            by_reason = lost_by_stage(key, stage)
             steps.append(
                 Step(
                     name=stage.name,
@@ -363,8 +416,8 @@ def _funnel_report(query: FunnelQuery) -> FunnelReport:
                     if stage.target_conversion is None
                     else float(stage.target_conversion) / 100,
                     lost=sum(by_reason.values()),
-                    lost_by_reason=dict(sorted(by_reason.items(), key=lambda kv: -kv[1])),
-                    open=row.get(f"open_{stage.pk}") or 0,
+                    lost_by_reason=by_reason,
+                    open=opening.total(key, status=is_open, stage_id=stage.pk),
                     time_in_stage=stage_times.get((key, stage.pk), {}).get("time", Durations()),
                 )
             )
@@ -380,13 +433,19 @@ def _funnel_report(query: FunnelQuery) -> FunnelReport:
                 drop_off_share=None if previous is None else _ratio(previous - won_count, previous),
             )
         )
-        won_amount = float(row.get("won_amount") or 0)
-        repeat = Money(count=row.get("repeat_n") or 0, amount=float(row.get("repeat_amount") or 0))
+        won_amount = closing.total(key, amount=True, **won_conditions)
+        repeat = Money(
+            count=closing.total(key, is_repeat_client=True, **won_conditions),
+            amount=closing.total(key, amount=True, is_repeat_client=True, **won_conditions),
+        )
         weighted = sum(
-            float(row.get(f"open_amount_{stage.pk}") or 0) * stage.probability / 100
+            opening.total(key, amount=True, status=is_open, stage_id=stage.pk)
+            * stage.probability
+            / 100
             for stage in stages
         )
-        responded = row.get("responded") or 0
+        responded = entering.total(key, _response=lambda r: r != 0)
+        row = durations.get((key,), {})
         return FunnelFigures(
             entered=entered,
             steps=steps,
@@ -395,23 +454,24 @@ def _funnel_report(query: FunnelQuery) -> FunnelReport:
             average_check=_round(_ratio(won_amount, won_count), 2),
             first_sales=Money(count=won_count - repeat.count, amount=won_amount - repeat.amount),
             repeat_sales=repeat,
-            lost_total=row.get("lost") or 0,
-            open_total=sum(row.get(f"open_{stage.pk}") or 0 for stage in stages),
+            lost_total=closing.total(key, status=DealStatus.LOST),
+            open_total=opening.total(key, status=is_open),
             weighted_pipeline=round(weighted, 2),
             length_to_won=row.get("length_won", Durations()),
             length_to_lost=row.get("length_lost", Durations()),
             response=Response(
                 responded=responded,
-                waiting=row.get("waiting") or 0,
+                waiting=entering.total(key, _response=0, status=is_open),
                 median=row.get("response", Durations()).median,
-                within_target_share=_ratio(row.get("within") or 0, responded),
+                within_target_share=_ratio(entering.total(key, _response=1), responded),
                 target_seconds=target,
             ),
         )
 
     if query.group_by:
         keys = sorted(
-            {key for (key,) in figures_by_group} | set(lost) - {TOTAL},
+            {row["_g"] for c in (closing, entering, opening) for row in c.rows}
+            | {key for (key,) in reach_counts} - {TOTAL},
             key=lambda k: (k == "", k),
         )
         labels = _labels(query.group_by, keys)

@@ -16,7 +16,7 @@ import datetime
 from collections import defaultdict
 from collections.abc import Iterable
 
-from django.db.models import Max
+from django.db.models import F, Max
 
 from analytics.models import StageReach, StageTime
 from crm.db import insert_rows, update_rows
@@ -40,12 +40,19 @@ def _reach(deal: Deal, up_to: int, at: datetime.datetime, *, first: bool = False
 
 
 def _start_visit(deal: Deal, stage_id: int, at: datetime.datetime) -> None:
-    row, _ = StageTime.objects.get_or_create(
-        deal=deal, stage_id=stage_id, defaults={"funnel_id": deal.funnel_id}
+    # The caller holds the deal's row lock, so update-or-insert cannot race.
+    revisited = StageTime.objects.filter(deal=deal, stage_id=stage_id).update(
+        visits=F("visits") + 1, visit_started_at=at
     )
-    row.visits += 1
-    row.visit_started_at = at
-    row.save(update_fields=["visits", "visit_started_at"])
+    if not revisited:
+        StageTime.objects.create(
+            deal=deal,
+            stage_id=stage_id,
+            funnel_id=deal.funnel_id,
+            entered_at=deal.created_at,
+            visits=1,
+            visit_started_at=at,
+        )
 
 
 def _end_visit(deal: Deal, stage_id: int, at: datetime.datetime) -> None:
@@ -66,10 +73,10 @@ def _responded(deal: Deal, actor, at: datetime.datetime) -> list[str]:
 
 
 def record_created(deal: Deal, at: datetime.datetime) -> None:
-    """A new deal reached every position up to its entry stage. Saves the deal's fields."""
+    """A new deal (saved with ``reached_position`` = its entry stage's position)
+    reached every position up to its entry stage."""
     _reach(deal, deal.stage.position, at, first=True)
     _start_visit(deal, deal.stage_id, at)
-    Deal.objects.filter(pk=deal.pk).update(reached_position=deal.reached_position)
     record_client_changed(deal)
 
 
@@ -264,13 +271,25 @@ class Replay:
         """Rows for ``insert_rows(StageReach, REACH_COLUMNS, ...)``."""
         return [(deal_id, funnel_id, position, at) for position, at in self.reaches]
 
-    def time_rows(self, deal_id: int, funnel_id: int) -> list[tuple]:
+    def time_rows(self, deal_id: int, funnel_id: int, entered_at: datetime.datetime) -> list[tuple]:
         """Rows for ``insert_rows(StageTime, TIME_COLUMNS, ...)``."""
-        return [(deal_id, funnel_id, stage_id, *row) for stage_id, row in self.visits.items()]
+        return [
+            (deal_id, funnel_id, stage_id, entered_at, *row)
+            for stage_id, row in self.visits.items()
+        ]
 
 
 REACH_COLUMNS = ("deal", "funnel", "position", "reached_at")
-TIME_COLUMNS = ("deal", "funnel", "stage", "seconds", "visits", "visit_started_at", "last_left_at")
+TIME_COLUMNS = (
+    "deal",
+    "funnel",
+    "stage",
+    "entered_at",
+    "seconds",
+    "visits",
+    "visit_started_at",
+    "last_left_at",
+)
 
 
 def facts_rebuild(
@@ -297,7 +316,11 @@ def facts_rebuild(
         StageTime.objects.filter(deal_id__in=batch).delete()
         events = _events(batch)
         responses = _first_responses(batch)
-        funnel_of = dict(Deal.objects.filter(pk__in=batch).values_list("pk", "funnel_id"))
+        funnel_of, entered_of = {}, {}
+        for pk, funnel_id, created_at in Deal.objects.filter(pk__in=batch).values_list(
+            "pk", "funnel_id", "created_at"
+        ):
+            funnel_of[pk], entered_of[pk] = funnel_id, created_at
         reaches: list[tuple] = []
         times: list[tuple] = []
         updates: list[tuple] = []
@@ -306,7 +329,7 @@ def facts_rebuild(
             replay = Replay()
             replay.play(events.get(deal_id, []), positions, last_positions[funnel_id])
             reaches += replay.reach_rows(deal_id, funnel_id)
-            times += replay.time_rows(deal_id, funnel_id)
+            times += replay.time_rows(deal_id, funnel_id, entered_of[deal_id])
             updates.append((max(replay.reached, 0), responses.get(deal_id), deal_id))
         insert_rows(StageReach, REACH_COLUMNS, reaches)
         insert_rows(StageTime, TIME_COLUMNS, times)

@@ -44,6 +44,8 @@ class StageTime(models.Model):
     deal = models.ForeignKey("deals.Deal", on_delete=models.CASCADE, related_name="stage_times")
     funnel = models.ForeignKey("funnels.Funnel", on_delete=models.CASCADE, related_name="+")
     stage = models.ForeignKey("funnels.Stage", on_delete=models.CASCADE, related_name="+")
+    # The deal's entry into the funnel (its created_at), so cohort figures need no join.
+    entered_at = models.DateTimeField()
     seconds = models.FloatField(default=0)
     visits = models.PositiveIntegerField(default=0)
     visit_started_at = models.DateTimeField(null=True, blank=True)
@@ -57,6 +59,7 @@ class StageTime(models.Model):
         ]
         indexes = [
             models.Index(fields=["funnel", "last_left_at"], name="stagetime_calendar_idx"),
+            models.Index(fields=["funnel", "entered_at"], name="stagetime_cohort_idx"),
         ]
 
     def __str__(self) -> str:

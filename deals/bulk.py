@@ -191,13 +191,13 @@ def deals_bulk_load(*, funnel: Funnel, plans: list[DealPlan], batch_size: int = 
                 )
                 deal_ids = [deal.pk for deal in created]
             stage_changes, status_changes, reaches, times = [], [], [], []
-            for deal_id, (stage_rows, status_rows), replay in zip(
-                deal_ids, histories, replays, strict=True
+            for deal_id, plan, (stage_rows, status_rows), replay in zip(
+                deal_ids, batch, histories, replays, strict=True
             ):
                 stage_changes += [(deal_id, *row) for row in stage_rows]
                 status_changes += [(deal_id, *row) for row in status_rows]
                 reaches += replay.reach_rows(deal_id, funnel.pk)
-                times += replay.time_rows(deal_id, funnel.pk)
+                times += replay.time_rows(deal_id, funnel.pk, plan.created_at)
             insert_rows(StageChange, STAGE_CHANGE_COLUMNS, stage_changes)
             insert_rows(StatusChange, STATUS_CHANGE_COLUMNS, status_changes)
             insert_rows(StageReach, REACH_COLUMNS, reaches)

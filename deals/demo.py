@@ -1175,7 +1175,7 @@ def _create_people(now: datetime.datetime) -> dict[str, User]:
                 email=f"{person.username}@voronka.example",
                 role=person.role,
                 team=teams[person.team] if person.team is not None else None,
-                is_staff=person.role in (Role.ADMIN, Role.HEAD),
+                is_staff=person.role == Role.ADMIN,
                 is_superuser=person.role == Role.ADMIN,
                 password=password,
                 date_joined=now - datetime.timedelta(days=HISTORY_DAYS + 30),

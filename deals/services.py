@@ -221,7 +221,7 @@ def _parse_datetime(raw, name: str) -> datetime.datetime | None:
     return value
 
 
-def _apply_values(deal: Deal, values: dict) -> list[str]:
+def _apply_values(deal: Deal, values: dict, *, at: datetime.datetime | None = None) -> list[str]:
     """Validate and set editable fields and client details; return changed field names."""
     unknown = set(values) - set(EDITABLE_FIELDS) - set(CONTACT_FIELDS)
     if unknown:
@@ -265,7 +265,7 @@ def _apply_values(deal: Deal, values: dict) -> list[str]:
     }
     if contact_values:
         if deal.contact_id is None:
-            deal.contact = contact_find_or_create(**contact_values)
+            deal.contact = contact_find_or_create(**contact_values, at=at)
             changed.append("contact")
         else:
             _contact_update(deal.contact, contact_values)
@@ -292,7 +292,7 @@ def _contact_update(contact: Contact, values: dict) -> None:
         setattr(contact, attr, value.strip())
     contact.phone_normalized = normalize_phone(contact.phone)
     contact.email_normalized = normalize_email(contact.email)
-    contact.save()
+    contact.save(update_fields=[*values, "phone_normalized", "email_normalized"])
 
 
 def _create_stage_tasks(deal: Deal, stage: Stage, at: datetime.datetime) -> None:
@@ -393,12 +393,13 @@ def deal_create(
         stage_entered_at=at,
     )
     _check_actor(actor, deal)
-    _apply_values(deal, {"title": title, **(values or {})})
+    _apply_values(deal, {"title": title, **(values or {})}, at=at)
     _check_required(
         deal,
         [s for s in stages if s.position <= stage.position],
         _("open the deal at “%(stage)s”") % {"stage": stage.name},
     )
+    deal.reached_position = stage.position
     deal.save()
     StageChange.objects.create(deal=deal, from_stage=None, to_stage=stage, at=at, actor=actor)
     facts.record_created(deal, at)

@@ -70,8 +70,8 @@ def test_demo_users_teams_and_passwords(demo_data):
     assert set(users) == {person.username for person in demo.PEOPLE}
     admin, head, head2 = users["admin"], users["head"], users["head2"]
     assert (admin.role, admin.is_staff, admin.is_superuser) == (Role.ADMIN, True, True)
-    assert (head.role, head.is_staff, head.is_superuser) == (Role.HEAD, True, False)
-    assert (head2.role, head2.is_staff) == (Role.HEAD, True)
+    assert (head.role, head.is_staff, head.is_superuser) == (Role.HEAD, False, False)
+    assert (head2.role, head2.is_staff) == (Role.HEAD, False)
     assert users["manager"].role == Role.MANAGER
     assert not users["manager"].is_staff
     assert {team.name: team.head.username for team in Team.objects.all()} == {
