@@ -384,3 +384,62 @@ def test_stuck_deals_are_open_deals_past_their_stage_rotting_threshold(four):
     )
     assert deal.days_in_stage == round((now - old.deal.stage_entered_at).total_seconds() / 86400, 1)
     assert fresh.deal.pk not in [d.deal_id for d in result.deals]
+
+
+@pytest.mark.django_db
+def test_bulk_loaded_summaries_equal_the_ones_rebuilt_from_history(four):
+    funnel, stages = four
+    reason = funnel.loss_reasons.get(name="Spam")
+    at = START
+    plans = [
+        DealPlan(
+            title="back and won",
+            created_at=at,
+            path=plan_path(stages, ["S1", "S3", "S2"]),
+            status=DealStatus.WON,
+            closed_at=at + 5 * HOUR,
+        ),
+        DealPlan(
+            title="skipped and lost",
+            created_at=at,
+            path=plan_path(stages, ["S2", "S4"]),
+            status=DealStatus.LOST,
+            closed_at=at + 3 * HOUR,
+            loss_reason_id=reason.pk,
+        ),
+        DealPlan(
+            title="postponed",
+            created_at=at,
+            path=plan_path(stages, ["S1"]),
+            status=DealStatus.POSTPONED,
+            next_contact_at=at + 10 * DAY,
+        ),
+    ]
+    deals_bulk_load(funnel=funnel, plans=plans)
+
+    def snapshot():
+        return (
+            sorted(StageReach.objects.values_list("deal_id", "position", "reached_at")),
+            sorted(
+                StageTime.objects.values_list(
+                    "deal_id",
+                    "stage_id",
+                    "entered_at",
+                    "seconds",
+                    "visits",
+                    "visit_started_at",
+                    "last_left_at",
+                )
+            ),
+            sorted(funnel.deals.values_list("pk", "reached_position", "is_repeat_client")),
+        )
+
+    loaded = snapshot()
+    facts_rebuild(funnel=funnel)
+    assert snapshot() == loaded
+    assert [r for r in loaded[2]] == [
+        (d.pk, p, False) for d, p in zip(funnel.deals.order_by("pk"), [3, 3, 0], strict=True)
+    ]
+    figures = report(funnel).totals
+    assert counts(figures) == [3, 2, 2, 2, 1]  # the win reaches S4 too
+    assert figures.steps[2].time_in_stage.median == 3600.0
