@@ -373,7 +373,13 @@ def _funnel_report(query: FunnelQuery) -> FunnelReport:
         query,
         "deal__",
     ).filter(period.q("entered_at") if cohort else period.q("last_left_at"))
-    stage_times = _aggregate(times, ["_g", "stage_id"], {}, [_Duration("time", F("seconds"), Q())])
+    # One FILTERed percentile per stage: no sort of the whole set by stage first.
+    stage_times = _aggregate(
+        times,
+        ["_g"],
+        {},
+        [_Duration(f"time_{stage.pk}", F("seconds"), Q(stage_id=stage.pk)) for stage in stages],
+    )
 
     def step_count(key: str, stage) -> int:
         if cohort and window is None:
@@ -418,7 +424,7 @@ def _funnel_report(query: FunnelQuery) -> FunnelReport:
                     lost=sum(by_reason.values()),
                     lost_by_reason=by_reason,
                     open=opening.total(key, status=is_open, stage_id=stage.pk),
-                    time_in_stage=stage_times.get((key, stage.pk), {}).get("time", Durations()),
+                    time_in_stage=stage_times.get((key,), {}).get(f"time_{stage.pk}", Durations()),
                 )
             )
             previous = count

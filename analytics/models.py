@@ -59,7 +59,12 @@ class StageTime(models.Model):
         ]
         indexes = [
             models.Index(fields=["funnel", "last_left_at"], name="stagetime_calendar_idx"),
-            models.Index(fields=["funnel", "entered_at"], name="stagetime_cohort_idx"),
+            # Covering (PostgreSQL): cohort time-in-stage is read from the index alone.
+            models.Index(
+                fields=["funnel", "entered_at"],
+                include=["stage", "seconds", "visit_started_at"],
+                name="stagetime_cohort_idx",
+            ),
         ]
 
     def __str__(self) -> str:
