@@ -189,3 +189,20 @@ def test_funnel_report_command_table_and_csv_and_errors(four, capsys):
         call_command(
             "funnel_report", "--funnel", "Four", "--from", "2025-04-01", "--to", "2025-03-01"
         )
+
+
+@pytest.mark.django_db
+def test_admin_lists_snapshots_and_summaries_read_only(four, admin_client):
+    DealStory(four).enters("S1").moves_to("S2")
+    query = FunnelQuery(
+        funnel_id=four.pk, date_from=datetime.date(2025, 3, 1), date_to=datetime.date(2025, 3, 31)
+    )
+    snapshot = services.snapshot_ensure(query=query, label="march")
+    for url in (
+        "/admin/analytics/funnelsnapshot/",
+        f"/admin/analytics/funnelsnapshot/{snapshot.pk}/change/",
+        "/admin/analytics/stagereach/",
+        "/admin/analytics/stagetime/",
+    ):
+        assert admin_client.get(url).status_code == 200, url
+    assert admin_client.get("/admin/analytics/stagetime/add/").status_code == 403

@@ -1,0 +1,64 @@
+"""Analytics in the admin: snapshots to inspect and recompute; summaries read-only."""
+
+from django.contrib import admin, messages
+from django.db import transaction
+
+from analytics.models import FunnelSnapshot, StageReach, StageTime
+from analytics.services import snapshots_queue
+
+
+@admin.register(FunnelSnapshot)
+class FunnelSnapshotAdmin(admin.ModelAdmin):
+    list_display = ("funnel", "label", "status", "progress", "computed_at", "duration_ms")
+    list_filter = ("funnel", "status")
+    readonly_fields = (
+        "funnel",
+        "key",
+        "label",
+        "params",
+        "status",
+        "progress",
+        "result",
+        "computed_at",
+        "requested_at",
+        "started_at",
+        "duration_ms",
+        "error",
+    )
+    actions = ["recompute"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    @admin.action(description="Recompute the selected snapshots")
+    def recompute(self, request, queryset) -> None:
+        with transaction.atomic():
+            snapshots_queue(list(queryset.values_list("pk", flat=True)))
+        self.message_user(request, f"{queryset.count()} snapshots queued.", messages.SUCCESS)
+
+
+class DerivedAdmin(admin.ModelAdmin):
+    """Summaries derived from history: shown, never edited by hand."""
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(StageReach)
+class StageReachAdmin(DerivedAdmin):
+    list_display = ("deal", "position", "reached_at")
+    list_filter = ("funnel",)
+    raw_id_fields = ("deal",)
+
+
+@admin.register(StageTime)
+class StageTimeAdmin(DerivedAdmin):
+    list_display = ("deal", "stage", "visits", "seconds", "visit_started_at", "last_left_at")
+    list_filter = ("funnel",)
+    raw_id_fields = ("deal",)
