@@ -179,3 +179,36 @@ def test_demo_logins_lists_the_users_and_the_address():
         assert person.username in text
     assert demo.TEAMS[0] in text
     assert "demo" in text
+
+
+def test_funnel_report_on_the_demo_data_is_a_plausible_funnel_in_both_modes(demo_data):
+    import json
+
+    funnel = Funnel.objects.order_by("pk").first()
+    today = timezone.localdate()
+    args = [
+        "funnel_report",
+        "--funnel",
+        funnel.name,
+        "--from",
+        str(today.replace(year=today.year - 1)),
+        "--to",
+        str(today),
+    ]
+    reports = {}
+    for mode in ("cohort", "calendar"):
+        out = StringIO()
+        call_command(*args, "--mode", mode, stdout=out)
+        reports[mode] = json.loads(out.getvalue())
+
+    cohort = [step["count"] for step in reports["cohort"]["steps"]]
+    assert cohort[0] == Deal.objects.filter(funnel=funnel).count()
+    assert cohort == sorted(cohort, reverse=True)  # monotone: nobody skips the count of a step
+    assert cohort[-1] == Deal.objects.filter(funnel=funnel, status=DealStatus.WON).count()
+    assert 0 < reports["cohort"]["overall_conversion"] < 1
+    assert sum(reports["cohort"]["steps"][i]["lost"] for i in range(len(cohort))) == (
+        Deal.objects.filter(funnel=funnel, status=DealStatus.LOST).count()
+    )
+    # Six months of history all fall into the last year: both modes see the same entries and wins.
+    calendar = [step["count"] for step in reports["calendar"]["steps"]]
+    assert (calendar[0], calendar[-1]) == (cohort[0], cohort[-1])
