@@ -12,7 +12,7 @@ TEST_PG_URL := postgres://postgres@127.0.0.1:5432/voronka
 TEST_REDIS_URL := redis://127.0.0.1:6379/15
 PYTEST_ARGS ?=
 
-.PHONY: install run migrate demo test test-embedded test-all lint format clean
+.PHONY: install run migrate demo test test-embedded test-all lint format messages clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,12 @@ lint: install
 format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# Russian catalogue: collect every marked string, then compile the committed django.mo.
+# Needs GNU gettext (apt-get install gettext). Translate new empty msgstr before committing.
+messages: install
+	$(BIN)/python manage.py makemessages -l ru --no-location --ignore=.venv --ignore=staticfiles --ignore=tests
+	$(BIN)/python manage.py compilemessages -l ru --ignore=.venv
 
 clean:
 	rm -rf $(VENV) staticfiles .pytest_cache .ruff_cache *.egg-info
