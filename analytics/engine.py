@@ -292,7 +292,7 @@ class _Cube:
         return sum(
             float(row[field] or 0) if amount else row[field]
             for row in self.rows
-            if row["_g"] == key and all(check(row[name]) for name, check in checks)
+            if key in (TOTAL, row["_g"]) and all(check(row[name]) for name, check in checks)
         )
 
 
@@ -325,33 +325,45 @@ def _funnel_report(query: FunnelQuery) -> FunnelReport:
     def cube(rows: QuerySet) -> _Cube:
         return _Cube(rows, window=window, target_seconds=target)
 
-    durations: dict[tuple, dict] = defaultdict(dict)
     if cohort:
         population = deals.filter(period.q("created_at"))
         closing = entering = opening = cube(population)
-        _merge(
-            durations,
-            _aggregate(
-                population.filter(
-                    Q(status__in=(DealStatus.WON, DealStatus.LOST))
-                    | Q(first_response_at__isnull=False)
-                ),
-                ["_g"],
-                {},
-                lengths + responses,
-            ),
-        )
     else:
-        closed = deals.filter(period.q("closed_at"))
-        entered = deals.filter(period.q("created_at"))
-        closing = cube(closed)
-        entering = cube(entered)
+        closing = cube(deals.filter(period.q("closed_at")))
+        entering = cube(deals.filter(period.q("created_at")))
         opening = cube(deals.filter(status__in=OPEN_STATUSES))
-        _merge(durations, _aggregate(closed, ["_g"], {}, lengths))
-        _merge(
-            durations,
-            _aggregate(entered.filter(first_response_at__isnull=False), ["_g"], {}, responses),
-        )
+
+    def measure(scope: FunnelQuery) -> dict[tuple, dict]:
+        """Durations (not additive, so measured per group and again for the total)."""
+        rows = _scoped(Deal.objects.filter(funnel_id=funnel.pk).order_by(), scope)
+        out: dict[tuple, dict] = defaultdict(dict)
+        if cohort:
+            finished = rows.filter(period.q("created_at")).filter(
+                Q(status__in=(DealStatus.WON, DealStatus.LOST)) | Q(first_response_at__isnull=False)
+            )
+            _merge(out, _aggregate(finished, ["_g"], {}, lengths + responses))
+        else:
+            _merge(out, _aggregate(rows.filter(period.q("closed_at")), ["_g"], {}, lengths))
+            entered = rows.filter(period.q("created_at"), first_response_at__isnull=False)
+            _merge(out, _aggregate(entered, ["_g"], {}, responses))
+        # Time in stage over finished visits; one FILTERed percentile per stage, so the
+        # whole set is never sorted by stage first.
+        times = _scoped(
+            StageTime.objects.filter(
+                funnel_id=funnel.pk, visit_started_at__isnull=True, visits__gt=0
+            ),
+            scope,
+            "deal__",
+        ).filter(period.q("entered_at") if cohort else period.q("last_left_at"))
+        per_stage = [
+            _Duration(f"time_{stage.pk}", F("seconds"), Q(stage_id=stage.pk)) for stage in stages
+        ]
+        _merge(out, _aggregate(times, ["_g"], {}, per_stage))
+        return out
+
+    durations = measure(query)
+    if query.group_by:
+        _merge(durations, measure(dataclasses.replace(query, group_by=None)))
 
     reach_counts: dict[tuple, dict] = defaultdict(dict)
     if not cohort or window is not None:
@@ -364,22 +376,11 @@ def _funnel_report(query: FunnelQuery) -> FunnelReport:
             reaches = reaches.filter(period.q("reached_at"))
         for row in reaches.values("_g", "position").annotate(n=Count("pk")):
             reach_counts[(row["_g"],)][row["position"]] = row["n"]
+            if query.group_by:
+                total = reach_counts[(TOTAL,)]
+                total[row["position"]] = total.get(row["position"], 0) + row["n"]
 
     reasons = dict(LossReason.objects.filter(funnel=funnel).values_list("pk", "name"))
-
-    # Time in stage over finished visits.
-    times = _scoped(
-        StageTime.objects.filter(funnel_id=funnel.pk, visit_started_at__isnull=True, visits__gt=0),
-        query,
-        "deal__",
-    ).filter(period.q("entered_at") if cohort else period.q("last_left_at"))
-    # One FILTERed percentile per stage: no sort of the whole set by stage first.
-    stage_times = _aggregate(
-        times,
-        ["_g"],
-        {},
-        [_Duration(f"time_{stage.pk}", F("seconds"), Q(stage_id=stage.pk)) for stage in stages],
-    )
 
     def step_count(key: str, stage) -> int:
         if cohort and window is None:
@@ -390,7 +391,7 @@ def _funnel_report(query: FunnelQuery) -> FunnelReport:
         by_reason: dict[str, int] = defaultdict(int)
         for row in closing.rows:
             if (
-                row["_g"] == key
+                key in (TOTAL, row["_g"])
                 and row["status"] == DealStatus.LOST
                 and row["stage_id"] == stage.pk
             ):
@@ -424,7 +425,7 @@ def _funnel_report(query: FunnelQuery) -> FunnelReport:
                     lost=sum(by_reason.values()),
                     lost_by_reason=by_reason,
                     open=opening.total(key, status=is_open, stage_id=stage.pk),
-                    time_in_stage=stage_times.get((key,), {}).get(f"time_{stage.pk}", Durations()),
+                    time_in_stage=durations.get((key,), {}).get(f"time_{stage.pk}", Durations()),
                 )
             )
             previous = count
@@ -482,7 +483,7 @@ def _funnel_report(query: FunnelQuery) -> FunnelReport:
         )
         labels = _labels(query.group_by, keys)
         groups = [Group(key=k, label=labels[k], figures=figures(k)) for k in keys]
-        totals = _funnel_report(dataclasses.replace(query, group_by=None)).totals
+        totals = figures(TOTAL)
     else:
         groups = []
         totals = figures(TOTAL)

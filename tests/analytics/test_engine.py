@@ -289,6 +289,11 @@ def test_grouping_by_every_slice_on_a_hand_computed_set(four):
         ("", "Unassigned", [1, 0, 0, 0, 0]),
     ]
     assert counts(by_owner.totals) == [5, 3, 2, 2, 1]
+    for mode in Mode:  # totals added up from the groups equal the ungrouped report
+        for field in ("owner", "source", "temperature"):
+            assert (
+                report(funnel, mode=mode, group_by=field).totals == report(funnel, mode=mode).totals
+            ), (mode, field)
     assert by_owner.groups[0].figures.overall_conversion == 0.5
 
     def grouped(field):
