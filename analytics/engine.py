@@ -138,24 +138,43 @@ def _client_type(prefix: str = ""):
     )
 
 
-def _slice_expression(field: str, prefix: str = ""):
+NO_OWNER = 0  # the group key of unassigned deals when grouping by owner
+
+
+def _slice_expression(field: str, prefix: str, owner_prefix: str):
     if field == "owner":
-        return Coalesce(F(f"{prefix}owner__username"), Value(""), output_field=CharField())
+        # Grouped by id, no join to users: usernames are put on the keys afterwards.
+        return Coalesce(F(f"{owner_prefix}owner_id"), Value(NO_OWNER))
     if field == "team":
-        return Coalesce(F(f"{prefix}owner__team__name"), Value(""), output_field=CharField())
+        return Coalesce(F(f"{owner_prefix}owner__team__name"), Value(""), output_field=CharField())
     if field == "client_type":
         return _client_type(prefix)
     return F(f"{prefix}{field}")
 
 
-def _scoped(rows: QuerySet, query: FunnelQuery, prefix: str = "") -> QuerySet:
-    """Apply the query's filters and annotate the group key ``_g``."""
+def _owner_ids(usernames: Iterable[str]) -> list[int]:
+    usernames = list(usernames)
+    ids = list(User.objects.filter(username__in=usernames).values_list("pk", flat=True))
+    return ids + ([NO_OWNER] if "" in usernames else [])
+
+
+def _scoped(
+    rows: QuerySet, query: FunnelQuery, prefix: str = "", owner_prefix: str | None = None
+) -> QuerySet:
+    """Apply the query's filters and annotate the group key ``_g``.
+
+    ``prefix`` leads from ``rows`` to the deal's fields, ``owner_prefix`` to
+    the deal's owner when ``rows`` keep their own copy of it (StageTime).
+    """
+    owner_prefix = prefix if owner_prefix is None else owner_prefix
     for field, values in query.filters:
-        rows = rows.annotate(**{f"_f_{field}": _slice_expression(field, prefix)}).filter(
-            **{f"_f_{field}__in": values}
-        )
+        if field == "owner":
+            values = _owner_ids(values)
+        rows = rows.annotate(
+            **{f"_f_{field}": _slice_expression(field, prefix, owner_prefix)}
+        ).filter(**{f"_f_{field}__in": values})
     if query.group_by:
-        return rows.annotate(_g=_slice_expression(query.group_by, prefix))
+        return rows.annotate(_g=_slice_expression(query.group_by, prefix, owner_prefix))
     return rows.annotate(_g=Value(TOTAL, output_field=CharField()))
 
 
@@ -354,6 +373,7 @@ def _funnel_report(query: FunnelQuery) -> FunnelReport:
             ),
             scope,
             "deal__",
+            owner_prefix="",
         ).filter(period.q("entered_at") if cohort else period.q("last_left_at"))
         per_stage = [
             _Duration(f"time_{stage.pk}", F("seconds"), Q(stage_id=stage.pk)) for stage in stages
@@ -476,13 +496,14 @@ def _funnel_report(query: FunnelQuery) -> FunnelReport:
         )
 
     if query.group_by:
-        keys = sorted(
-            {row["_g"] for c in (closing, entering, opening) for row in c.rows}
-            | {key for (key,) in reach_counts} - {TOTAL},
-            key=lambda k: (k == "", k),
+        keys = {row["_g"] for c in (closing, entering, opening) for row in c.rows} | {
+            key for (key,) in reach_counts
+        } - {TOTAL}
+        names = _keys_and_labels(query.group_by, keys)  # internal key -> (key, label)
+        groups = sorted(
+            (Group(key=names[k][0], label=names[k][1], figures=figures(k)) for k in keys),
+            key=lambda group: (group.key == "", group.key),
         )
-        labels = _labels(query.group_by, keys)
-        groups = [Group(key=k, label=labels[k], figures=figures(k)) for k in keys]
         totals = figures(TOTAL)
     else:
         groups = []
@@ -502,13 +523,19 @@ def _merge(target: dict[tuple, dict], rows: dict[tuple, dict]) -> None:
         target[key].update(values)
 
 
-def _labels(field: str, keys: Iterable[str]) -> dict[str, str]:
+def _keys_and_labels(field: str, keys: Iterable) -> dict:
+    """The public key and the label of each group; owners are keyed by username."""
     keys = list(keys)
     if field == "owner":
-        names = {u.username: str(u) for u in User.objects.filter(username__in=keys)}
-        return {k: names.get(k, k) if k else _("Unassigned") for k in keys}
+        users = {u.pk: u for u in User.objects.filter(pk__in=keys)}
+        return {
+            k: (users[k].username, str(users[k])) if k in users else ("", _("Unassigned"))
+            for k in keys
+        }
     if field == "client_type":
-        return {k: {"first": _("First sale"), "repeat": _("Repeat sale")}.get(k, k) for k in keys}
-    if field == "temperature":
-        return {k: {"warm": _("Warm"), "cold": _("Cold")}.get(k, k or _("Not set")) for k in keys}
-    return {k: k or _("Not set") for k in keys}
+        labels = {"first": _("First sale"), "repeat": _("Repeat sale")}
+    elif field == "temperature":
+        labels = {"warm": _("Warm"), "cold": _("Cold")}
+    else:
+        labels = {}
+    return {k: (k, labels.get(k) or k or _("Not set")) for k in keys}

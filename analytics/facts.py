@@ -49,6 +49,7 @@ def _start_visit(deal: Deal, stage_id: int, at: datetime.datetime) -> None:
             deal=deal,
             stage_id=stage_id,
             funnel_id=deal.funnel_id,
+            owner_id=deal.owner_id,
             entered_at=deal.created_at,
             visits=1,
             visit_started_at=at,
@@ -161,6 +162,11 @@ def record_status_changed(
     return changed
 
 
+def record_owner_changed(deal: Deal) -> None:
+    """Per-manager figures follow the deal's current owner."""
+    StageTime.objects.filter(deal=deal).update(owner_id=deal.owner_id)
+
+
 def record_activity(deal: Deal, actor, at: datetime.datetime) -> list[str]:
     """A note or a completed task: counts as the first response if it is the first."""
     return _responded(deal, actor, at)
@@ -271,10 +277,12 @@ class Replay:
         """Rows for ``insert_rows(StageReach, REACH_COLUMNS, ...)``."""
         return [(deal_id, funnel_id, position, at) for position, at in self.reaches]
 
-    def time_rows(self, deal_id: int, funnel_id: int, entered_at: datetime.datetime) -> list[tuple]:
+    def time_rows(
+        self, deal_id: int, funnel_id: int, owner_id: int | None, entered_at: datetime.datetime
+    ) -> list[tuple]:
         """Rows for ``insert_rows(StageTime, TIME_COLUMNS, ...)``."""
         return [
-            (deal_id, funnel_id, stage_id, entered_at, *row)
+            (deal_id, funnel_id, stage_id, owner_id, entered_at, *row)
             for stage_id, row in self.visits.items()
         ]
 
@@ -284,6 +292,7 @@ TIME_COLUMNS = (
     "deal",
     "funnel",
     "stage",
+    "owner",
     "entered_at",
     "seconds",
     "visits",
@@ -316,11 +325,11 @@ def facts_rebuild(
         StageTime.objects.filter(deal_id__in=batch).delete()
         events = _events(batch)
         responses = _first_responses(batch)
-        funnel_of, entered_of = {}, {}
-        for pk, funnel_id, created_at in Deal.objects.filter(pk__in=batch).values_list(
-            "pk", "funnel_id", "created_at"
+        funnel_of, owner_of, entered_of = {}, {}, {}
+        for pk, funnel_id, owner_id, created_at in Deal.objects.filter(pk__in=batch).values_list(
+            "pk", "funnel_id", "owner_id", "created_at"
         ):
-            funnel_of[pk], entered_of[pk] = funnel_id, created_at
+            funnel_of[pk], owner_of[pk], entered_of[pk] = funnel_id, owner_id, created_at
         reaches: list[tuple] = []
         times: list[tuple] = []
         updates: list[tuple] = []
@@ -329,7 +338,7 @@ def facts_rebuild(
             replay = Replay()
             replay.play(events.get(deal_id, []), positions, last_positions[funnel_id])
             reaches += replay.reach_rows(deal_id, funnel_id)
-            times += replay.time_rows(deal_id, funnel_id, entered_of[deal_id])
+            times += replay.time_rows(deal_id, funnel_id, owner_of[deal_id], entered_of[deal_id])
             updates.append((max(replay.reached, 0), responses.get(deal_id), deal_id))
         insert_rows(StageReach, REACH_COLUMNS, reaches)
         insert_rows(StageTime, TIME_COLUMNS, times)

@@ -7,6 +7,7 @@ and ``facts_rebuild`` recomputes them from the history alone, so they can be
 checked against it at any time.
 """
 
+from django.conf import settings
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
@@ -44,6 +45,10 @@ class StageTime(models.Model):
     deal = models.ForeignKey("deals.Deal", on_delete=models.CASCADE, related_name="stage_times")
     funnel = models.ForeignKey("funnels.Funnel", on_delete=models.CASCADE, related_name="+")
     stage = models.ForeignKey("funnels.Stage", on_delete=models.CASCADE, related_name="+")
+    # The deal's current owner, kept on reassignment, so per-manager time in stage needs no join.
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
     # The deal's entry into the funnel (its created_at), so cohort figures need no join.
     entered_at = models.DateTimeField()
     seconds = models.FloatField(default=0)
@@ -62,7 +67,7 @@ class StageTime(models.Model):
             # Covering (PostgreSQL): cohort time-in-stage is read from the index alone.
             models.Index(
                 fields=["funnel", "entered_at"],
-                include=["stage", "seconds", "visit_started_at"],
+                include=["stage", "seconds", "visit_started_at", "owner"],
                 name="stagetime_cohort_idx",
             ),
         ]

@@ -654,6 +654,7 @@ def deal_assign(
     )
     deal.owner = owner
     _save(deal, ["owner"])
+    facts.record_owner_changed(deal)
     return deal
 
 

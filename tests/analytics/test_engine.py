@@ -448,3 +448,28 @@ def test_bulk_loaded_summaries_equal_the_ones_rebuilt_from_history(four):
     figures = report(funnel).totals
     assert counts(figures) == [3, 2, 2, 2, 1]  # the win reaches S4 too
     assert figures.steps[2].time_in_stage.median == 3600.0
+
+
+@pytest.mark.django_db
+def test_per_manager_figures_follow_the_deal_to_its_new_owner(four):
+    from deals.services import deal_assign
+
+    funnel, _ = four
+    masha = User.objects.create(username="masha", first_name="Masha", last_name="Ivanova")
+    petya = User.objects.create(username="petya", first_name="Petya", last_name="Sidorov")
+    funnel.members.add(masha, petya)
+    story = DealStory(funnel, owner=masha).enters("S1").moves_to("S2").moves_to("S3")
+    deal_assign(actor=None, deal=story.deal, owner=petya)
+
+    by_owner = report(funnel, group_by="owner")
+    assert [(g.key, counts(g.figures)) for g in by_owner.groups] == [("petya", [1, 1, 1, 0, 0])]
+    times = by_owner.groups[0].figures.steps
+    assert (times[0].time_in_stage.count, times[1].time_in_stage.median) == (1, 3600.0)
+    only_masha = report(funnel, filters={"owner": ["masha"]}).totals
+    assert counts(only_masha) == [0, 0, 0, 0, 0]
+    assert report(funnel, filters={"owner": ["petya"]}).totals.steps[0].time_in_stage.count == 1
+    rebuilt_before = sorted(StageTime.objects.values_list("deal_id", "stage_id", "owner_id"))
+    facts_rebuild(funnel=funnel)
+    assert sorted(StageTime.objects.values_list("deal_id", "stage_id", "owner_id")) == (
+        rebuilt_before
+    )
