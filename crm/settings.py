@@ -36,6 +36,8 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "accounts",
     "funnels",
     "deals",
@@ -164,6 +166,33 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "crm.api.api_exception_handler",
+    "DEFAULT_THROTTLE_RATES": {
+        "api": env_str("API_THROTTLE_RATE", "1200/min"),
+        "leads": env_str("API_LEADS_THROTTLE_RATE", "6000/min"),
+    },
+}
+# The largest request body the API reads (413 above it): a batch of 1,000 leads fits.
+API_MAX_BODY_BYTES = int(env_str("API_MAX_BODY_BYTES", str(5 * 1024 * 1024)))
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Voronka API",
+    "DESCRIPTION": "Lead intake, deals, funnels and funnel analytics. "
+    "Authenticate with `Authorization: Bearer KEY` (manage.py create_api_key) or a session. "
+    'Every error is `{"code", "detail", "fields"}`.',
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SCHEMA_PATH_PREFIX": r"/api/v1",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {
+        "DealStatusEnum": "deals.models.DealStatus",
+        "SnapshotStatusEnum": "analytics.models.SnapshotStatus",
+        "LeadStatusEnum": ["created", "attached", "rejected"],
+    },
 }
 
 # Production hardening, active whenever DEBUG is off.

@@ -1,5 +1,5 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 from django.views.generic import RedirectView
 
 from crm.views import healthz
@@ -7,5 +7,6 @@ from crm.views import healthz
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),
+    path("api/", include("crm.api_urls")),
     path("", RedirectView.as_view(pattern_name="admin:index", permanent=False)),
 ]

@@ -333,3 +333,106 @@ class Note(models.Model):
 
     def __str__(self) -> str:
         return self.text[:60]
+
+
+# ---------------------------------------------------------------- lead intake (deals/intake.py)
+
+
+class LeadOutcome(models.TextChoices):
+    CREATED = "created", _("Created a deal")
+    ATTACHED = "attached", _("Attached to an open deal")
+
+
+class IntakeIdempotencyRecord(models.Model):
+    """One intake request sent with an ``Idempotency-Key``, and the result it got.
+
+    The unique constraint is what makes two identical requests arriving at the
+    same moment safe: the second insert waits for the first transaction and then
+    fails, and the second request returns the stored result.
+    """
+
+    client = models.CharField(
+        _("client"), max_length=40, help_text=_("Who sent it: key:ID or user:ID.")
+    )
+    key = models.CharField(_("idempotency key"), max_length=255)
+    fingerprint = models.CharField(
+        _("request fingerprint"), max_length=64, help_text=_("SHA-256 of the request body.")
+    )
+    result = models.JSONField(_("result"), null=True, blank=True)
+    created_at = models.DateTimeField(_("created at"), default=timezone.now, db_index=True)
+
+    class Meta:
+        verbose_name = _("intake idempotency record")
+        verbose_name_plural = _("intake idempotency records")
+        constraints = [
+            models.UniqueConstraint(fields=["client", "key"], name="intake_idempotency_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.client}: {self.key}"
+
+
+class LeadReceipt(models.Model):
+    """A lead taken in through the intake: what became of it.
+
+    A lead with an ``external_id`` is taken once per funnel; a retry gets this
+    receipt's outcome back instead of a second deal.
+    """
+
+    funnel = models.ForeignKey(
+        Funnel, verbose_name=_("funnel"), on_delete=models.PROTECT, related_name="+"
+    )
+    deal = models.ForeignKey(
+        Deal, verbose_name=_("deal"), on_delete=models.PROTECT, related_name="lead_receipts"
+    )
+    outcome = models.CharField(_("outcome"), max_length=10, choices=LeadOutcome.choices)
+    # NULL, not "", for "none": the unique constraint below ignores NULLs.
+    external_id = models.CharField(  # noqa: DJ001
+        _("external id"), max_length=120, null=True, blank=True
+    )
+    client = models.CharField(_("client"), max_length=40)
+    payload = models.JSONField(_("lead as received"), default=dict)
+    received_at = models.DateTimeField(_("received at"), default=timezone.now)
+
+    class Meta:
+        ordering = ["-received_at"]
+        verbose_name = _("lead receipt")
+        verbose_name_plural = _("lead receipts")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["funnel", "external_id"],
+                condition=Q(external_id__isnull=False),
+                name="lead_receipt_unique_external_id",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.outcome}: deal {self.deal_id}"
+
+
+class FunnelIntakeState(models.Model):
+    """Per-funnel intake state. Its row lock serialises the intake of one funnel, so
+    round-robin stays fair and two leads of one client never open two deals."""
+
+    funnel = models.OneToOneField(
+        Funnel,
+        verbose_name=_("funnel"),
+        on_delete=models.CASCADE,
+        primary_key=True,
+        related_name="intake_state",
+    )
+    last_assigned = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("last assigned manager"),
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+
+    class Meta:
+        verbose_name = _("funnel intake state")
+        verbose_name_plural = _("funnel intake states")
+
+    def __str__(self) -> str:
+        return f"{self.funnel_id}: last {self.last_assigned_id}"

@@ -5,6 +5,7 @@ from django.contrib import admin
 from django.contrib.auth.models import Group
 from django.urls import reverse
 
+from accounts.services import api_key_create
 from analytics.services import snapshot_ensure
 from analytics.types import FunnelQuery
 from deals.admin import NoteInline, StageChangeInline, StatusChangeInline, TaskInline
@@ -40,6 +41,7 @@ def one_of_everything(head, manager, funnel):
     story.moves_to("S3").moves_to("S2").lost("Spam")
     task_create(actor=manager, deal=story.deal, title="Call back", due_at=START)
     note_add(actor=manager, deal=story.deal, text="No budget")
+    api_key_create(name="Site form", scopes=["leads:write"], funnel=funnel)
     snapshot_ensure(
         query=FunnelQuery(funnel_id=funnel.pk, date_from=START.date(), date_to=START.date()),
         label="day",

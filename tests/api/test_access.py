@@ -1,0 +1,139 @@
+"""API keys and personal tokens: authentication, scopes, revocation, throttling."""
+
+import io
+
+import pytest
+from django.core.management import call_command
+from django.test import override_settings
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from accounts.models import ApiKey, ApiScope
+from accounts.services import api_key_hash, api_key_revoke
+from deals.models import Deal
+
+pytestmark = pytest.mark.django_db
+
+LEAD = {"company": "ACME"}
+
+
+def test_create_api_key_prints_the_key_alone_on_the_last_line(funnel):
+    out, err = io.StringIO(), io.StringIO()
+    call_command(
+        "create_api_key",
+        "--name",
+        "Site form",
+        "--funnel",
+        "B2B",
+        "--scope",
+        "leads:write",
+        stdout=out,
+        stderr=err,
+    )
+
+    raw_key = out.getvalue().strip().splitlines()[-1]
+    api_key = ApiKey.objects.get()
+    assert raw_key.startswith("vrk_") and len(raw_key) == 47
+    assert (api_key.name, api_key.funnel, api_key.scopes) == ("Site form", funnel, ["leads:write"])
+    assert (api_key.key_hash, api_key.prefix) == (api_key_hash(raw_key), raw_key[:12])
+    assert raw_key not in err.getvalue()
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw_key}")
+    assert client.post("/api/v1/leads/", LEAD, format="json").status_code == 201
+
+
+def test_create_api_key_refuses_an_unknown_funnel(db):
+    from django.core.management.base import CommandError
+
+    with pytest.raises(CommandError, match="No funnel named “Nope”"):
+        call_command("create_api_key", "--name", "x", "--funnel", "Nope", stdout=io.StringIO())
+
+
+@pytest.mark.parametrize(
+    ("header", "detail"),
+    [
+        (None, "Authentication credentials were not provided."),
+        ("Bearer vrk_wrong", "The API key is invalid."),
+        ("Bearer", "Send the key as: Authorization: Bearer KEY."),
+    ],
+)
+def test_without_a_valid_key_the_answer_is_401(header, detail, db):
+    client = APIClient(HTTP_ACCEPT_LANGUAGE="en")
+    if header:
+        client.credentials(HTTP_AUTHORIZATION=header)
+    response = client.post("/api/v1/leads/", LEAD, format="json")
+    assert response.status_code == 401
+    assert response.json()["detail"] == detail
+    assert response.headers["WWW-Authenticate"] == 'Bearer realm="api"'
+
+
+def test_a_revoked_key_is_refused(leads_client):
+    api_key_revoke(api_key=leads_client.api_key)
+    response = leads_client.post("/api/v1/leads/", LEAD, format="json")
+    assert (response.status_code, response.json()["detail"]) == (
+        401,
+        "The API key has been revoked.",
+    )
+    assert Deal.objects.count() == 0
+
+
+def test_use_is_recorded(leads_client):
+    assert leads_client.api_key.last_used_at is None
+    leads_client.post("/api/v1/leads/", LEAD, format="json")
+    leads_client.api_key.refresh_from_db()
+    assert (timezone.now() - leads_client.api_key.last_used_at).total_seconds() < 60
+
+
+@pytest.mark.parametrize(
+    ("method", "url"),
+    [
+        ("get", "/api/v1/deals/"),
+        ("post", "/api/v1/deals/"),
+        ("get", "/api/v1/deals/1/"),
+        ("post", "/api/v1/deals/1/win/"),
+        ("get", "/api/v1/funnels/"),
+        ("get", "/api/v1/analytics/snapshots/"),
+        ("get", "/api/v1/analytics/funnels/1/report/"),
+        ("post", "/api/v1/analytics/funnels/1/recompute/"),
+    ],
+)
+def test_a_lead_intake_key_can_do_nothing_else(leads_client, method, url):
+    response = getattr(leads_client, method)(url, {}, format="json")
+    assert response.status_code == 403
+    assert response.json() == {
+        "code": "forbidden",
+        "detail": "This API key's scopes do not allow this request.",
+        "fields": {},
+    }
+
+
+def test_a_read_only_key_cannot_write(make_client, funnel):
+    client = make_client(scopes=[ApiScope.DEALS_READ], funnel=funnel)
+    assert client.get("/api/v1/deals/").status_code == 200
+    assert client.post("/api/v1/deals/", {"funnel": funnel.pk, "title": "x"}).status_code == 403
+    assert client.post("/api/v1/leads/", LEAD, format="json").status_code == 403
+
+
+def test_a_browser_session_reaches_the_api(manager, funnel):
+    client = APIClient(HTTP_ACCEPT_LANGUAGE="en")
+    client.force_login(manager)
+    assert client.get("/api/v1/deals/").status_code == 200
+
+
+@override_settings(
+    REST_FRAMEWORK={
+        "DEFAULT_THROTTLE_RATES": {"api": "2/min", "leads": "2/min"},
+    }
+)
+def test_too_many_requests_get_429_with_retry_after(leads_client, make_client, funnel):
+    responses = [
+        leads_client.post("/api/v1/leads/", {"company": f"C{n}"}, format="json") for n in range(3)
+    ]
+
+    assert [r.status_code for r in responses] == [201, 201, 429]
+    assert responses[2].json()["code"] == "throttled"
+    assert 1 <= int(responses[2].headers["Retry-After"]) <= 60
+    assert Deal.objects.count() == 2
+    # Counted per key: another key is not slowed down.
+    other = make_client(funnel=funnel)
+    assert other.post("/api/v1/leads/", LEAD, format="json").status_code == 201
