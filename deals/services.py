@@ -382,6 +382,11 @@ def deal_create(
             _("%(user)s is deactivated and cannot own deals.") % {"user": owner},
             fields={"owner": _("Choose an active user.")},
         )
+    if external_id and Deal.objects.filter(funnel=funnel, external_id=external_id).exists():
+        raise Conflict(
+            _("The funnel already has a deal with the external id “%(id)s”.") % {"id": external_id},
+            fields={"external_id": _("Use another id, or update the existing deal.")},
+        )
     deal = Deal(
         funnel=funnel,
         stage=stage,

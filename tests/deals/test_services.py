@@ -1015,3 +1015,15 @@ def test_resuming_a_deal_that_was_reopened_meanwhile_does_nothing(manager, funne
 
     with nothing_changes(deal):
         assert deal_resume_postponed(deal=deal, at=AT + 2 * DAY) is False
+
+
+@pytest.mark.django_db
+def test_a_second_deal_with_the_same_external_id_is_a_conflict(funnel):
+    from crm.errors import Conflict
+    from deals.services import deal_create
+
+    deal_create(actor=None, funnel=funnel, title="First", external_id="crm-1")
+    with pytest.raises(Conflict) as error:
+        deal_create(actor=None, funnel=funnel, title="Again", external_id="crm-1")
+    assert error.value.message == "The funnel already has a deal with the external id “crm-1”."
+    assert funnel.deals.filter(external_id="crm-1").count() == 1
