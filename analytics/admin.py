@@ -1,10 +1,12 @@
-"""Analytics in the admin: snapshots to inspect and recompute; summaries read-only."""
+"""Analytics in the admin: snapshots to inspect and recompute; summaries derived
+from history are shown read-only, like the history itself."""
 
 from django.contrib import admin, messages
 from django.db import transaction
 
 from analytics.models import FunnelSnapshot, StageReach, StageTime
 from analytics.services import snapshots_queue
+from deals.admin import HistoryAdmin
 
 
 @admin.register(FunnelSnapshot)
@@ -37,28 +39,15 @@ class FunnelSnapshotAdmin(admin.ModelAdmin):
         self.message_user(request, f"{queryset.count()} snapshots queued.", messages.SUCCESS)
 
 
-class DerivedAdmin(admin.ModelAdmin):
-    """Summaries derived from history: shown, never edited by hand."""
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
-
-
 @admin.register(StageReach)
-class StageReachAdmin(DerivedAdmin):
+class StageReachAdmin(HistoryAdmin):
     list_display = ("deal", "position", "reached_at")
     list_filter = ("funnel",)
     raw_id_fields = ("deal",)
 
 
 @admin.register(StageTime)
-class StageTimeAdmin(DerivedAdmin):
+class StageTimeAdmin(HistoryAdmin):
     list_display = ("deal", "stage", "visits", "seconds", "visit_started_at", "last_left_at")
     list_filter = ("funnel",)
     raw_id_fields = ("deal",)
