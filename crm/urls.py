@@ -8,5 +8,9 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),
     path("api/", include("crm.api_urls")),
-    path("", RedirectView.as_view(pattern_name="admin:index", permanent=False)),
+    path("i18n/", include("django.conf.urls.i18n")),
+    path("accounts/", include("accounts.urls")),
+    path("funnels/", include("funnels.urls")),
+    path("", include("deals.urls")),
+    path("", RedirectView.as_view(pattern_name="deals:board_default", permanent=False)),
 ]
