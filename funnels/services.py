@@ -181,6 +181,34 @@ def stages_reorder(*, actor: User | None, funnel: Funnel, stage_ids: list[int]) 
 
 
 @transaction.atomic
+def task_template_add(
+    *, actor: User | None, stage: Stage, title: str, due_in_minutes: int | str
+) -> TaskTemplate:
+    """A task the owner gets whenever a deal enters ``stage`` (deals already there get none)."""
+    _check_can_configure(actor)
+    errors = {}
+    title = (title or "").strip()
+    if not title:
+        errors["title"] = _("Enter what the owner must do.")
+    try:
+        minutes = int(due_in_minutes)
+        if minutes < 0:
+            raise ValueError
+    except (TypeError, ValueError):
+        errors["due_in_minutes"] = _("Enter a whole number of minutes, 0 or more.")
+    if errors:
+        raise InvalidInput(_("The task template has errors: fix the marked fields."), fields=errors)
+    return TaskTemplate.objects.create(stage=stage, title=title, due_in_minutes=minutes)
+
+
+@transaction.atomic
+def task_template_remove(*, actor: User | None, template: TaskTemplate) -> None:
+    """Stop giving this task on entry. Tasks already given stay with their deals."""
+    _check_can_configure(actor)
+    template.delete()
+
+
+@transaction.atomic
 def loss_reason_add(
     *, actor: User | None, funnel: Funnel, name: str, requires_comment: bool = False
 ) -> LossReason:

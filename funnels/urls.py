@@ -17,4 +17,14 @@ urlpatterns = [
         name="loss_reason_toggle",
     ),
     path("<int:funnel_id>/custom-fields/", views.custom_field_add, name="custom_field_add"),
+    path(
+        "<int:funnel_id>/stages/<int:stage_id>/tasks/",
+        views.task_template_add,
+        name="task_template_add",
+    ),
+    path(
+        "<int:funnel_id>/task-templates/<int:template_id>/remove/",
+        views.task_template_remove,
+        name="task_template_remove",
+    ),
 ]

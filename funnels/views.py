@@ -17,7 +17,14 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from crm.errors import DomainError, InvalidInput
 from funnels import services
-from funnels.models import REQUIRABLE_DEAL_FIELDS, CustomFieldType, Funnel, LossReason, Stage
+from funnels.models import (
+    REQUIRABLE_DEAL_FIELDS,
+    CustomFieldType,
+    Funnel,
+    LossReason,
+    Stage,
+    TaskTemplate,
+)
 from funnels.selectors import funnel_with_settings, funnels_for_settings
 
 
@@ -222,3 +229,36 @@ def custom_field_add(request: HttpRequest, funnel_id: int) -> HttpResponse:
     except DomainError as exc:
         return _settings_page(request, funnel_id, error=exc)
     return _done(request, funnel_id, _("The custom field is added."))
+
+
+@login_required
+@require_POST
+def task_template_add(request: HttpRequest, funnel_id: int, stage_id: int) -> HttpResponse:
+    _check_can_configure(request)
+    stage = Stage.objects.filter(pk=stage_id, funnel_id=funnel_id).first()
+    if stage is None:
+        raise Http404(_("No such stage."))
+    try:
+        services.task_template_add(
+            actor=request.user,
+            stage=stage,
+            title=request.POST.get("title", ""),
+            due_in_minutes=request.POST.get("due_in_minutes", ""),
+        )
+    except DomainError as exc:
+        return _settings_page(request, funnel_id, error=exc)
+    return _done(request, funnel_id, _("The task template is added."))
+
+
+@login_required
+@require_POST
+def task_template_remove(request: HttpRequest, funnel_id: int, template_id: int) -> HttpResponse:
+    _check_can_configure(request)
+    template = TaskTemplate.objects.filter(pk=template_id, stage__funnel_id=funnel_id).first()
+    if template is None:
+        raise Http404(_("No such task template."))
+    try:
+        services.task_template_remove(actor=request.user, template=template)
+    except DomainError as exc:
+        return _settings_page(request, funnel_id, error=exc)
+    return _done(request, funnel_id, _("The task template is removed."))

@@ -171,3 +171,31 @@ def test_a_custom_field_is_added_and_can_be_required(as_head, funnel, stages):
     assert bad.status_code == 400
     assert "This key is taken by a built-in deal field." in bad.content.decode()
     assert funnel.stages.get(name="S3").required_fields == ["budget"]
+
+
+def test_task_templates_of_an_existing_stage_are_added_and_removed(as_head, funnel, stages):
+    url = reverse("funnels:task_template_add", args=[funnel.pk, stages["S2"].pk])
+
+    refused = as_head.post(url, {"title": " ", "due_in_minutes": "-5"})
+    assert refused.status_code == 400
+    assert "The task template has errors: fix the marked fields." in refused.content.decode()
+    assert not stages["S2"].task_templates.exists()
+
+    response = as_head.post(url, {"title": "Call the client back", "due_in_minutes": "15"})
+    assert response.status_code == 302
+    template = stages["S2"].task_templates.get()
+    assert (template.title, template.due_in_minutes) == ("Call the client back", 15)
+    page = as_head.get(reverse("funnels:settings", args=[funnel.pk])).content.decode()
+    assert "Call the client back (15 minutes)" in page
+
+    as_head.post(reverse("funnels:task_template_remove", args=[funnel.pk, template.pk]))
+    assert not stages["S2"].task_templates.exists()
+
+
+def test_a_manager_cannot_change_task_templates(manager, funnel, stages):
+    response = client_for(manager).post(
+        reverse("funnels:task_template_add", args=[funnel.pk, stages["S2"].pk]),
+        {"title": "Sneaky", "due_in_minutes": "1"},
+    )
+    assert response.status_code == 403
+    assert not stages["S2"].task_templates.exists()
