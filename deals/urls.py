@@ -17,6 +17,7 @@ urlpatterns = [
     path("deals/<int:deal_id>/lose/", views.deal_lose, name="lose"),
     path("deals/<int:deal_id>/postpone/", views.deal_postpone, name="postpone"),
     path("deals/<int:deal_id>/reopen/", views.deal_reopen, name="reopen"),
+    path("deals/<int:deal_id>/assign/", views.deal_assign, name="assign"),
     path("deals/<int:deal_id>/tasks/", views.task_add, name="task_add"),
     path("deals/<int:deal_id>/notes/", views.note_add, name="note_add"),
     path("tasks/", views.my_tasks, name="my_tasks"),

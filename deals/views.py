@@ -20,6 +20,7 @@ from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from accounts.models import User
 from crm.errors import Conflict, DomainError, Forbidden, InvalidInput
 from deals import services
 from deals.forms import deal_form_inputs, deal_values_from_post, dialog_inputs
@@ -34,6 +35,7 @@ from deals.selectors import (
     deal_open_tasks,
     deal_timeline,
     deals_for_board,
+    deals_visible_to,
     funnels_for_user,
     tasks_for_user,
 )
@@ -145,6 +147,9 @@ def _deal_page(request: HttpRequest, deal: Deal, *, status: int = 200, **extra) 
         "stages": list(deal.funnel.stages.order_by("position")),
         "reasons": list(deal.funnel.loss_reasons.filter(is_active=True)),
         "inputs": deal_form_inputs(deal, custom_fields, form_errors, form_post),
+        "assignees": list(
+            deal.funnel.members.filter(is_active=True).order_by("first_name", "last_name")
+        ),
         "now": timezone.now(),
         **extra,
     }
@@ -316,6 +321,28 @@ def deal_reopen(request: HttpRequest, deal_id: int) -> HttpResponse:
             actor=request.user, deal=deal, expected_version=_version(request)
         ),
     )
+
+
+@login_required
+@require_POST
+def deal_assign(request: HttpRequest, deal_id: int) -> HttpResponse:
+    deal = _deal_or_404(request, deal_id)
+    raw = request.POST.get("owner", "")
+    owner = User.objects.filter(pk=raw).first() if raw.isdigit() else None
+    if raw and owner is None:
+        raise Http404(_("No such user."))
+    try:
+        services.deal_assign(
+            actor=request.user, deal=deal, owner=owner, expected_version=_version(request)
+        )
+    except DomainError as error:
+        return _deal_page(
+            request, _deal_or_404(request, deal_id), status=error.http_status, assign_error=error
+        )
+    messages.success(request, _("The deal is reassigned."))
+    if not deals_visible_to(request.user).filter(pk=deal.pk).exists():
+        return redirect("deals:board", deal.funnel_id)  # handed over: no longer his to see
+    return redirect("deals:detail", deal.pk)
 
 
 # ---------------------------------------------------------------- the deal card

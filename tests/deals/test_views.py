@@ -652,3 +652,49 @@ def test_my_tasks_take_the_same_number_of_queries_for_few_and_many_tasks(
         response = masha.get(reverse("deals:my_tasks"))
 
     assert response.content.decode().count("data-task-id=") == 42
+
+
+# ---------------------------------------------------------------- reassigning
+
+
+def test_a_head_reassigns_a_deal_from_the_deal_card(head, manager, other_manager, funnel):
+    deal = open_deal(funnel, manager, title="Pumps")
+    as_head = client_for(head)
+
+    page = text_of(as_head.get(reverse("deals:detail", args=[deal.pk])))
+    assert f'<option value="{other_manager.pk}"' in page
+
+    response = as_head.post(
+        reverse("deals:assign", args=[deal.pk]),
+        {"owner": str(other_manager.pk), "version": str(deal.version)},
+    )
+    assert response.status_code == 302
+    deal.refresh_from_db()
+    assert deal.owner == other_manager
+
+
+def test_a_stale_reassignment_is_refused_and_changes_nothing(head, manager, other_manager, funnel):
+    deal = open_deal(funnel, manager)
+    response = client_for(head).post(
+        reverse("deals:assign", args=[deal.pk]),
+        {"owner": str(other_manager.pk), "version": str(deal.version - 1)},
+    )
+    assert response.status_code == 409
+    assert "Someone changed this deal while you were looking at it." in text_of(response)
+    deal.refresh_from_db()
+    assert deal.owner == manager
+
+
+def test_a_manager_hands_his_deal_over_and_goes_back_to_the_board(
+    masha, manager, other_manager, funnel
+):
+    deal = open_deal(funnel, manager)
+    response = masha.post(
+        reverse("deals:assign", args=[deal.pk]),
+        {"owner": str(other_manager.pk), "version": str(deal.version)},
+    )
+    assert response.status_code == 302
+    assert response["Location"] == reverse("deals:board", args=[funnel.pk])
+    deal.refresh_from_db()
+    assert deal.owner == other_manager
+    assert masha.get(reverse("deals:detail", args=[deal.pk])).status_code == 404
