@@ -20,7 +20,8 @@ import dataclasses
 import datetime
 import math
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 
 from django.db import connection, transaction
 from django.db.models import (
@@ -258,10 +259,36 @@ def _analytics_session() -> None:
 
 
 def funnel_report(query: FunnelQuery) -> FunnelReport:
-    """Compute every figure of METRICS.md for one funnel, period and slice."""
+    """Compute every figure of METRICS.md for one funnel, period and slice.
+
+    Its queries are independent reads. On PostgreSQL, outside a transaction,
+    they run two at a time on two connections (the machine's two cores);
+    inside a transaction (whose uncommitted rows other connections cannot
+    see) and on SQLite, one after another.
+    """
+    if connection.vendor == "postgresql" and not connection.in_atomic_block:
+        return _funnel_report(query, _run_on_two_connections)
     with transaction.atomic():
         _analytics_session()
-        return _funnel_report(query)
+        return _funnel_report(query, _run_in_order)
+
+
+def _run_in_order(jobs: dict[str, Callable]) -> dict[str, object]:
+    return {name: job() for name, job in jobs.items()}
+
+
+def _run_on_two_connections(jobs: dict[str, Callable]) -> dict[str, object]:
+    def run(job: Callable):
+        try:
+            with transaction.atomic():
+                _analytics_session()
+                return job()
+        finally:
+            connection.close()  # this thread's own connection
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {name: pool.submit(run, job) for name, job in jobs.items()}
+        return {name: future.result() for name, future in futures.items()}
 
 
 class _Cube:
@@ -315,7 +342,7 @@ class _Cube:
         )
 
 
-def _funnel_report(query: FunnelQuery) -> FunnelReport:
+def _funnel_report(query: FunnelQuery, run: Callable) -> FunnelReport:
     funnel = Funnel.objects.get(pk=query.funnel_id)
     stages = list(funnel.stages.order_by("position"))
     period = _Period(query)
@@ -344,16 +371,9 @@ def _funnel_report(query: FunnelQuery) -> FunnelReport:
     def cube(rows: QuerySet) -> _Cube:
         return _Cube(rows, window=window, target_seconds=target)
 
-    if cohort:
-        population = deals.filter(period.q("created_at"))
-        closing = entering = opening = cube(population)
-    else:
-        closing = cube(deals.filter(period.q("closed_at")))
-        entering = cube(deals.filter(period.q("created_at")))
-        opening = cube(deals.filter(status__in=OPEN_STATUSES))
-
-    def measure(scope: FunnelQuery) -> dict[tuple, dict]:
-        """Durations (not additive, so measured per group and again for the total)."""
+    def measure_deals(scope: FunnelQuery) -> dict[tuple, dict]:
+        """Funnel length and response time (not additive: measured per group and again
+        for the total)."""
         rows = _scoped(Deal.objects.filter(funnel_id=funnel.pk).order_by(), scope)
         out: dict[tuple, dict] = defaultdict(dict)
         if cohort:
@@ -365,8 +385,11 @@ def _funnel_report(query: FunnelQuery) -> FunnelReport:
             _merge(out, _aggregate(rows.filter(period.q("closed_at")), ["_g"], {}, lengths))
             entered = rows.filter(period.q("created_at"), first_response_at__isnull=False)
             _merge(out, _aggregate(entered, ["_g"], {}, responses))
-        # Time in stage over finished visits; one FILTERed percentile per stage, so the
-        # whole set is never sorted by stage first.
+        return out
+
+    def measure_times(scope: FunnelQuery) -> dict[tuple, dict]:
+        """Time in stage over finished visits; one FILTERed percentile per stage, so
+        the whole set is never sorted by stage first."""
         times = _scoped(
             StageTime.objects.filter(
                 funnel_id=funnel.pk, visit_started_at__isnull=True, visits__gt=0
@@ -378,15 +401,11 @@ def _funnel_report(query: FunnelQuery) -> FunnelReport:
         per_stage = [
             _Duration(f"time_{stage.pk}", F("seconds"), Q(stage_id=stage.pk)) for stage in stages
         ]
-        _merge(out, _aggregate(times, ["_g"], {}, per_stage))
-        return out
+        return _aggregate(times, ["_g"], {}, per_stage)
 
-    durations = measure(query)
-    if query.group_by:
-        _merge(durations, measure(dataclasses.replace(query, group_by=None)))
-
-    reach_counts: dict[tuple, dict] = defaultdict(dict)
-    if not cohort or window is not None:
+    def reached() -> dict[tuple, dict]:
+        """Deals that first reached each position within the window or the period."""
+        counts: dict[tuple, dict] = defaultdict(dict)
         reaches = _scoped(StageReach.objects.filter(funnel_id=funnel.pk), query, "deal__")
         if cohort:
             reaches = reaches.filter(period.q("deal__created_at")).filter(
@@ -395,10 +414,34 @@ def _funnel_report(query: FunnelQuery) -> FunnelReport:
         else:
             reaches = reaches.filter(period.q("reached_at"))
         for row in reaches.values("_g", "position").annotate(n=Count("pk")):
-            reach_counts[(row["_g"],)][row["position"]] = row["n"]
+            counts[(row["_g"],)][row["position"]] = row["n"]
             if query.group_by:
-                total = reach_counts[(TOTAL,)]
+                total = counts[(TOTAL,)]
                 total[row["position"]] = total.get(row["position"], 0) + row["n"]
+        return counts
+
+    jobs: dict[str, Callable] = {"times": lambda: measure_times(query)}
+    if cohort:
+        jobs["closing"] = lambda: cube(deals.filter(period.q("created_at")))
+    else:
+        jobs["closing"] = lambda: cube(deals.filter(period.q("closed_at")))
+        jobs["entering"] = lambda: cube(deals.filter(period.q("created_at")))
+        jobs["opening"] = lambda: cube(deals.filter(status__in=OPEN_STATUSES))
+    jobs["lengths"] = lambda: measure_deals(query)
+    if query.group_by:
+        total_scope = dataclasses.replace(query, group_by=None)
+        jobs["total_times"] = lambda: measure_times(total_scope)
+        jobs["total_lengths"] = lambda: measure_deals(total_scope)
+    if not cohort or window is not None:
+        jobs["reached"] = reached
+    results = run(jobs)
+    closing = results["closing"]
+    entering = results.get("entering", closing)
+    opening = results.get("opening", closing)
+    reach_counts = results.get("reached", {})
+    durations: dict[tuple, dict] = defaultdict(dict)
+    for name in ("times", "lengths", "total_times", "total_lengths"):
+        _merge(durations, results.get(name, {}))
 
     reasons = dict(LossReason.objects.filter(funnel=funnel).values_list("pk", "name"))
 

@@ -1,0 +1,45 @@
+"""On PostgreSQL outside a transaction the report's queries run on two connections;
+the figures are the same as one after another."""
+
+import datetime
+
+import pytest
+from django.db import connection, transaction
+
+from accounts.models import User
+from analytics import engine
+from analytics.types import FunnelQuery, Mode
+from funnels.services import funnel_create
+from tests.story import START, DealStory
+
+pytestmark = [pytest.mark.postgres_only, pytest.mark.django_db(transaction=True)]
+
+
+def test_two_connections_give_the_figures_of_one(monkeypatch):
+    funnel = funnel_create(actor=None, name="Four", stages=["S1", "S2", "S3", "S4"])
+    masha = User.objects.create(username="masha")
+    DealStory(funnel, owner=masha, actor=masha).enters("S1").moves_to("S3").moves_to("S2").won()
+    DealStory(funnel).enters("S1").moves_to("S2").lost("Spam")
+    DealStory(funnel, owner=masha).enters("S2")
+    used = []
+    parallel = engine._run_on_two_connections
+    monkeypatch.setattr(
+        engine, "_run_on_two_connections", lambda jobs: used.append(len(jobs)) or parallel(jobs)
+    )
+    for mode in Mode:
+        for group_by in (None, "owner"):
+            query = FunnelQuery(
+                funnel_id=funnel.pk,
+                date_from=START.date().replace(day=1),
+                date_to=START.date() + datetime.timedelta(days=30),
+                mode=mode,
+                group_by=group_by,
+                window_days=None if mode == Mode.CALENDAR else 7,
+            )
+            assert not connection.in_atomic_block
+            two = engine.funnel_report(query)
+            with transaction.atomic():
+                one = engine.funnel_report(query)
+            assert (two.totals, two.groups) == (one.totals, one.groups), (mode, group_by)
+            assert [s.count for s in two.totals.steps] == [3, 3, 1, 1, 1]
+    assert used == [4, 6, 6, 8]
