@@ -3,10 +3,22 @@ the admin shows them and the history read-only, and edits the other fields
 through ``deal_update`` so the same rules apply."""
 
 from django.contrib import admin, messages
+from django.db import models
+from django.utils.translation import gettext_lazy as _
 
 from crm.errors import DomainError
-from deals.models import Contact, Deal, Note, StageChange, StatusChange, Task
+from deals.models import (
+    Contact,
+    Deal,
+    Note,
+    StageChange,
+    StatusChange,
+    Task,
+    WebhookDelivery,
+    WebhookSubscription,
+)
 from deals.services import EDITABLE_FIELDS, deal_update
+from deals.webhooks import webhook_subscription_enable
 
 
 class ReadOnlyInline(admin.TabularInline):
@@ -139,3 +151,27 @@ class TaskAdmin(admin.ModelAdmin):
 class NoteAdmin(admin.ModelAdmin):
     list_display = ("deal", "author", "created_at")
     raw_id_fields = ("deal",)
+
+
+@admin.register(WebhookSubscription)
+class WebhookSubscriptionAdmin(admin.ModelAdmin):
+    list_display = ("url", "events", "funnel", "is_active", "failure_count", "disabled_at")
+    list_filter = ("is_active", "funnel")
+    search_fields = ("url",)
+    readonly_fields = ("failure_count", "disabled_at", "created_at")
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
+    actions = ["enable"]
+
+    @admin.action(description=_("Enable and forget past failures"))
+    def enable(self, request, queryset) -> None:
+        for subscription_id in queryset.values_list("pk", flat=True):
+            webhook_subscription_enable(subscription_id=subscription_id)
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(HistoryAdmin):
+    """The delivery log: written by the delivery task only."""
+
+    list_display = ("created_at", "subscription", "event", "status", "attempts", "response_code")
+    list_filter = ("status", "event")
+    raw_id_fields = ("subscription",)

@@ -1,4 +1,7 @@
+from urllib.parse import urlsplit
+
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -436,3 +439,103 @@ class FunnelIntakeState(models.Model):
 
     def __str__(self) -> str:
         return f"{self.funnel_id}: last {self.last_assigned_id}"
+
+
+# ---------------------------------------------------------------- webhooks (deals/webhooks.py)
+
+
+class WebhookEvent(models.TextChoices):
+    CREATED = "created", _("Deal created")
+    MOVED = "moved", _("Deal moved to another stage")
+    WON = "won", _("Deal won")
+    LOST = "lost", _("Deal lost")
+    POSTPONED = "postponed", _("Deal postponed")
+
+
+class WebhookSubscription(models.Model):
+    """A receiver of deal events: every matching event is posted to ``url``, signed
+    with ``secret``. Repeated failure disables it (``disabled_at``)."""
+
+    url = models.URLField(_("URL"), max_length=500)
+    secret = models.CharField(
+        _("secret"), max_length=200, help_text=_("Signs every body with HMAC-SHA256.")
+    )
+    events = models.JSONField(
+        _("events"), default=list, help_text=_("Any of: created, moved, won, lost, postponed.")
+    )
+    funnel = models.ForeignKey(
+        Funnel,
+        verbose_name=_("funnel"),
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="webhook_subscriptions",
+        help_text=_("Only this funnel's deals; empty for every funnel."),
+    )
+    is_active = models.BooleanField(_("active"), default=True)
+    failure_count = models.PositiveIntegerField(
+        _("consecutive failed deliveries"), default=0, editable=False
+    )
+    disabled_at = models.DateTimeField(_("disabled at"), null=True, blank=True, editable=False)
+    created_at = models.DateTimeField(_("created at"), default=timezone.now)
+
+    class Meta:
+        ordering = ["id"]
+        verbose_name = _("webhook subscription")
+        verbose_name_plural = _("webhook subscriptions")
+
+    def __str__(self) -> str:
+        return self.url
+
+    def clean(self) -> None:
+        events = self.events
+        if not isinstance(events, list) or not events or set(events) - set(WebhookEvent.values):
+            raise ValidationError(
+                {
+                    "events": _("List one or more of: %(events)s.")
+                    % {"events": ", ".join(WebhookEvent.values)}
+                }
+            )
+        if urlsplit(self.url).scheme not in ("http", "https"):
+            raise ValidationError({"url": _("Use an http:// or https:// address.")})
+
+
+class WebhookDeliveryStatus(models.TextChoices):
+    PENDING = "pending", _("Pending")
+    DELIVERED = "delivered", _("Delivered")
+    FAILED = "failed", _("Failed")
+
+
+class WebhookDelivery(models.Model):
+    """One event for one subscription, and what became of posting it."""
+
+    subscription = models.ForeignKey(
+        WebhookSubscription,
+        verbose_name=_("subscription"),
+        on_delete=models.CASCADE,
+        related_name="deliveries",
+    )
+    event = models.CharField(_("event"), max_length=10, choices=WebhookEvent.choices)
+    payload = models.JSONField(_("payload"))
+    attempts = models.PositiveIntegerField(_("attempts"), default=0)
+    status = models.CharField(
+        _("status"),
+        max_length=10,
+        choices=WebhookDeliveryStatus.choices,
+        default=WebhookDeliveryStatus.PENDING,
+    )
+    response_code = models.PositiveIntegerField(_("response code"), null=True, blank=True)
+    error = models.TextField(_("error"), blank=True)
+    created_at = models.DateTimeField(_("created at"), default=timezone.now, db_index=True)
+    delivered_at = models.DateTimeField(_("delivered at"), null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = _("webhook delivery")
+        verbose_name_plural = _("webhook deliveries")
+        indexes = [
+            models.Index(fields=["subscription", "created_at"], name="webhookdelivery_sub_idx")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event} → {self.subscription_id}: {self.status}"

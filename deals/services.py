@@ -31,8 +31,10 @@ from deals.models import (
     StatusChange,
     Task,
     Temperature,
+    WebhookEvent,
 )
 from deals.selectors import user_can_change_deal
+from deals.webhooks import webhooks_dispatch
 from funnels.models import REQUIRABLE_DEAL_FIELDS, Funnel, LossReason, Stage
 from funnels.services import custom_values_clean
 
@@ -409,6 +411,7 @@ def deal_create(
     StageChange.objects.create(deal=deal, from_stage=None, to_stage=stage, at=at, actor=actor)
     facts.record_created(deal, at)
     _create_stage_tasks(deal, stage, at)
+    webhooks_dispatch(deal=deal, event=WebhookEvent.CREATED)
     return deal
 
 
@@ -470,6 +473,7 @@ def deal_move_to_stage(
     _save(deal, [*changed, "stage", "stage_entered_at"])
     StageChange.objects.create(deal=deal, from_stage=from_stage, to_stage=stage, at=at, actor=actor)
     _create_stage_tasks(deal, stage, at)
+    webhooks_dispatch(deal=deal, event=WebhookEvent.MOVED)
     return deal
 
 
@@ -502,6 +506,7 @@ def deal_win(
     deal.closed_at = at
     deal.next_contact_at = None
     _save(deal, [*changed, "status", "closed_at", "next_contact_at"])
+    webhooks_dispatch(deal=deal, event=WebhookEvent.WON)
     return deal
 
 
@@ -549,6 +554,7 @@ def deal_lose(
     deal.closed_at = at
     deal.next_contact_at = None
     _save(deal, [*changed, "status", "loss_reason", "loss_comment", "closed_at", "next_contact_at"])
+    webhooks_dispatch(deal=deal, event=WebhookEvent.LOST)
     return deal
 
 
@@ -595,6 +601,8 @@ def deal_postpone(
         fields.append("status")
     deal.next_contact_at = when
     _save(deal, fields)
+    if "status" in fields:  # a new date for a postponed deal is not a new event
+        webhooks_dispatch(deal=deal, event=WebhookEvent.POSTPONED)
     return deal
 
 

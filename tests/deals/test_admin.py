@@ -9,7 +9,7 @@ from accounts.services import api_key_create
 from analytics.services import snapshot_ensure
 from analytics.types import FunnelQuery
 from deals.admin import NoteInline, StageChangeInline, StatusChangeInline, TaskInline
-from deals.models import Deal, StageChange
+from deals.models import Deal, StageChange, WebhookDelivery, WebhookSubscription
 from deals.services import note_add, task_create
 from funnels.services import custom_field_add
 from tests.factories import UserFactory
@@ -46,6 +46,10 @@ def one_of_everything(head, manager, funnel):
         query=FunnelQuery(funnel_id=funnel.pk, date_from=START.date(), date_to=START.date()),
         label="day",
     )
+    subscription = WebhookSubscription.objects.create(
+        url="http://127.0.0.1:9/hook", secret="s", events=["won"]
+    )
+    WebhookDelivery.objects.create(subscription=subscription, event="won", payload={})
     return story
 
 
