@@ -4,9 +4,10 @@ import dataclasses
 import datetime
 from collections import Counter
 
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from accounts.models import User
 from analytics.models import FunnelSnapshot
 from analytics.services import snapshot_key
 from analytics.types import FunnelQuery
@@ -80,3 +81,24 @@ def stuck_deals(
 def snapshot_for(query: FunnelQuery) -> FunnelSnapshot | None:
     """The stored snapshot of exactly these parameters, if any."""
     return FunnelSnapshot.objects.filter(key=snapshot_key(query)).first()
+
+
+def dashboard_funnels(user: User) -> QuerySet[Funnel]:
+    """Active funnels the user's figures come from."""
+    funnels = Funnel.objects.filter(is_active=True)
+    if user.is_admin_role:
+        return funnels.order_by("name")
+    if user.is_head:
+        ids = funnels.filter(Q(members=user) | Q(members__team__head=user)).values("pk")
+        return Funnel.objects.filter(pk__in=ids).order_by("name")
+    return user.funnels.filter(is_active=True).order_by("name")
+
+
+def dashboard_owners(user: User) -> tuple[list[User], bool]:
+    """The managers the user may pick, and whether his figures are limited to them."""
+    if user.is_admin_role:
+        return list(User.objects.filter(is_active=True).order_by("username")), False
+    if user.is_head:
+        people = User.objects.filter(Q(pk=user.pk) | Q(team__head=user)).distinct()
+        return list(people.order_by("username")), True
+    return [user], True

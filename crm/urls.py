@@ -11,6 +11,7 @@ urlpatterns = [
     path("i18n/", include("django.conf.urls.i18n")),
     path("accounts/", include("accounts.urls")),
     path("funnels/", include("funnels.urls")),
+    path("dashboard/", include("analytics.urls")),
     path("", include("deals.urls")),
     path("", RedirectView.as_view(pattern_name="deals:board_default", permanent=False)),
 ]

@@ -1,0 +1,155 @@
+"""The head-of-sales dashboard (``/dashboard/``): HTML and CSV.
+
+The view validates the controls (``analytics.forms``), narrows them to what the
+user may see, reads the report with ``report_or_snapshot`` and hands the typed
+results to ``analytics.charts``; the template only lays them out.
+
+Who sees what: an administrator, every funnel and manager; a head of sales, the
+funnels his teams work and the deals of his team members and himself; a
+manager, his own deals only. The narrowing is a filter on the report's query,
+so no figure of anyone else's deal is ever computed for him.
+"""
+
+import csv
+
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.utils import timezone
+from django.utils.text import slugify
+from django.views.decorators.http import require_GET
+
+from accounts.models import User
+from analytics import charts
+from analytics.forms import DashboardForm, WhatIfForm
+from analytics.models import FunnelSnapshot
+from analytics.periods import trend_weeks
+from analytics.selectors import dashboard_funnels, dashboard_owners, stuck_deals
+from analytics.services import report_or_snapshot
+from analytics.stats import what_if
+from analytics.types import FunnelReport, Mode
+from deals.selectors import deals_visible_to
+
+STUCK_LIMIT = 50
+
+
+def _report(query) -> tuple[FunnelReport | None, FunnelSnapshot | None]:
+    """The report now, or the snapshot being computed (with its last result, if any)."""
+    report, snapshot = report_or_snapshot(query)
+    if report is None and snapshot is not None and snapshot.result:
+        report = charts.report_from_dict(snapshot.result)
+    return report, snapshot
+
+
+def _stuck(form: DashboardForm, user: User):
+    deals = deals_visible_to(user)
+    filters = form.filters()
+    if "owner" in filters:
+        deals = deals.filter(owner__username__in=filters["owner"])
+    for field in ("source", "product", "region", "temperature"):
+        if field in filters:
+            deals = deals.filter(**{f"{field}__in": filters[field]})
+    return stuck_deals(funnel=form.cleaned_data["funnel"], deals=deals, limit=STUCK_LIMIT)
+
+
+def _trend(form: DashboardForm) -> list[charts.TrendPoint]:
+    """The same funnel, mode and filters week by week; a week still being computed is None."""
+    points = []
+    for week in trend_weeks(form.today):
+        report, _snapshot = _report(form.query(date_from=week.date_from, date_to=week.date_to))
+        points.append(
+            charts.TrendPoint(period=week, figures=None if report is None else report.totals)
+        )
+    return points
+
+
+def _csv(report: FunnelReport, form: DashboardForm) -> HttpResponse:
+    data = form.cleaned_data
+    name = "-".join(
+        [
+            "funnel",
+            slugify(report.funnel) or str(data["funnel"].pk),
+            data["date_from"].isoformat(),
+            data["date_to"].isoformat(),
+            data["mode"],
+        ]
+    )
+    response = HttpResponse(content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{name}.csv"'
+    csv.writer(response).writerows(charts.conversion_table(report.totals).csv_rows())
+    return response
+
+
+@login_required
+@require_GET
+def dashboard(request: HttpRequest) -> HttpResponse:
+    user = request.user
+    owners, owners_only = dashboard_owners(user)
+    form = DashboardForm(
+        request.GET, funnels=dashboard_funnels(user), owners=owners, owners_only=owners_only
+    )
+    if not form.is_valid():
+        return render(request, "analytics/dashboard.html", {"form": form}, status=400)
+
+    report, snapshot = _report(form.query(group_by="owner"))
+    if request.GET.get("export") == "csv" and report is not None:
+        return _csv(report, form)
+
+    context = {
+        "form": form,
+        "report": report,
+        "snapshot": snapshot,
+        "calendar": form.cleaned_data["mode"] == Mode.CALENDAR,
+        "now": timezone.now(),
+    }
+    chart_data = {}
+    if report is not None:
+        totals = report.totals
+        whatif_form = WhatIfForm(request.GET, step_names=[s.name for s in totals.steps])
+        projection = None
+        if whatif_form.is_valid():
+            projection = what_if(
+                counts=[s.count for s in totals.steps],
+                # Unrounded, so that an unchanged scenario projects exactly today's revenue.
+                average_check=totals.won.amount / totals.won.count if totals.won.count else None,
+                entered=whatif_form.cleaned_data.get("wi_entered"),
+                conversions=whatif_form.conversions(),
+            )
+        trend = _trend(form)
+        chart_data = {
+            "funnel": charts.figure_json(charts.funnel_figure(totals)),
+            "loss": charts.figure_json(charts.loss_figure(totals)),
+            "trend": charts.figure_json(charts.trend_figure(trend)),
+        }
+        if report.groups:
+            chart_data["managers"] = charts.figure_json(charts.managers_figure(report))
+        context.update(
+            totals=totals,
+            conversion_table=charts.conversion_table(totals),
+            managers_table=charts.managers_table(report),
+            below_target=[s for s in totals.steps if charts.below_target(s)],
+            stuck=_stuck(form, user),
+            trend_pending=sum(point.figures is None for point in trend),
+            whatif_form=whatif_form,
+            projection=projection and charts.projection_table(totals, projection, report.currency),
+            csv_query=_with(request.GET, export="csv"),
+            keep_params=[
+                (key, value)
+                for key, values in request.GET.lists()
+                if not key.startswith("wi_") and key != "export"
+                for value in values
+            ],
+            won_amount=charts.money(totals.won.amount, report.currency),
+            average_check=charts.money(totals.average_check, report.currency),
+            overall=charts.percent(totals.overall_conversion),
+            weighted_pipeline=charts.money(totals.weighted_pipeline, report.currency),
+        )
+    context["charts"] = chart_data
+    return render(request, "analytics/dashboard.html", context)
+
+
+def _with(params, **changes) -> str:
+    query = params.copy()
+    for key, value in changes.items():
+        query[key] = value
+    return query.urlencode()

@@ -1,0 +1,516 @@
+"""The head-of-sales dashboard shows exactly ``funnel_report``'s figures, to the
+people who may see them, and its small maths (z-test, what-if) is right."""
+
+import csv
+import datetime
+import io
+import json
+import math
+import re
+from decimal import Decimal
+from html.parser import HTMLParser
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+from accounts.models import Role
+from analytics.engine import funnel_report
+from analytics.stats import step_differences, two_proportion_z_test, what_if
+from analytics.types import FunnelQuery, Mode
+from deals.bulk import DealPlan, deals_bulk_load
+from tests import factories
+from tests.story import DealStory
+
+URL = "/dashboard/"
+MARCH = {"period": "custom", "date_from": "2025-03-01", "date_to": "2025-03-31"}
+MARCH_DATES = {"date_from": datetime.date(2025, 3, 1), "date_to": datetime.date(2025, 3, 31)}
+UTC = datetime.UTC
+
+
+# ---------------------------------------------------------------- reading the page
+
+
+class _TableParser(HTMLParser):
+    """The text of each cell of the table with the given id, row by row."""
+
+    def __init__(self, table_id: str):
+        super().__init__()
+        self.table_id = table_id
+        self.inside = False
+        self.rows: list[list[str]] = []
+        self.cell: list[str] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table" and dict(attrs).get("id") == self.table_id:
+            self.inside = True
+        elif self.inside and tag == "tr":
+            self.rows.append([])
+        elif self.inside and tag in ("td", "th"):
+            self.cell = []
+
+    def handle_endtag(self, tag):
+        if tag == "table":
+            self.inside = False
+        elif self.inside and tag in ("td", "th") and self.cell is not None:
+            self.rows[-1].append("".join(self.cell).strip())
+            self.cell = None
+
+    def handle_data(self, data):
+        if self.cell is not None:
+            self.cell.append(data)
+
+
+def table(response, table_id: str) -> list[list[str]]:
+    parser = _TableParser(table_id)
+    parser.feed(response.content.decode())
+    assert parser.rows, f"no table #{table_id}"
+    return parser.rows
+
+
+def charts(response) -> dict:
+    match = re.search(
+        r'<script id="dashboard-charts" type="application/json">(.*?)</script>',
+        response.content.decode(),
+        re.S,
+    )
+    assert match, "no chart data on the page"
+    return json.loads(match.group(1))
+
+
+def funnel_counts(response) -> list[int]:
+    return charts(response)["funnel"]["data"][0]["x"]
+
+
+def step_counts(figures) -> list[int]:
+    return [step.count for step in figures.steps]
+
+
+def report(funnel, **params):
+    return funnel_report(FunnelQuery.build(funnel_id=funnel.pk, **{**MARCH_DATES, **params}))
+
+
+# ---------------------------------------------------------------- the story
+
+
+@pytest.fixture
+def b2b(manager, other_manager):
+    """S1 (stuck after 7 days) → S2 (target 80 %) → S3 → S4, worked by masha and petya."""
+    return factories.FunnelFactory(
+        name="B2B",
+        members=[manager, other_manager],
+        stages=[
+            {"name": "S1", "rotting_days": 7},
+            {"name": "S2", "target_conversion": Decimal("80")},
+            "S3",
+            "S4",
+        ],
+    )
+
+
+@pytest.fixture
+def story(b2b, manager, other_manager):
+    """March 2025 (Moscow time):
+
+    masha  d1 S1 → S2 → S3 → S4 → won 1000 · d2 S1 → S2 → lost (Spam) · d3 S1, open, source ads
+    petya  d4 S1 → S3 → S2 → won 500 · d5 S1 → lost (Changed their mind) · d6 S1 → S2, open
+    petya  d7 entered on 28 February, reached S2 then, S3 on 1 March (calendar mode only)
+    """
+    deals = {}
+    deals["d1"] = (
+        DealStory(b2b, owner=manager)
+        .enters("S1", amount="1000")
+        .moves_to("S2")
+        .moves_to("S3")
+        .moves_to("S4")
+        .won()
+        .deal
+    )
+    deals["d2"] = DealStory(b2b, owner=manager).enters("S1").moves_to("S2").lost("Spam").deal
+    deals["d3"] = DealStory(b2b, owner=manager).enters("S1", title="Stuck", source="ads").deal
+    deals["d4"] = (
+        DealStory(b2b, owner=other_manager)
+        .enters("S1", amount="500")
+        .moves_to("S3")
+        .moves_to("S2")
+        .won()
+        .deal
+    )
+    deals["d5"] = DealStory(b2b, owner=other_manager).enters("S1").lost("Changed their mind").deal
+    deals["d6"] = DealStory(b2b, owner=other_manager).enters("S1").moves_to("S2").deal
+    february = datetime.datetime(2025, 2, 28, 19, 30, tzinfo=UTC)  # 22:30 in Moscow
+    deals["d7"] = (
+        DealStory(b2b, owner=other_manager, start=february)
+        .enters("S1")
+        .moves_to("S2")
+        .moves_to("S3")  # 21:30 UTC = 00:30 on 1 March in Moscow
+        .deal
+    )
+    return deals
+
+
+@pytest.fixture
+def client():
+    """The interface in English, whatever LANGUAGE_CODE says."""
+    return Client(headers={"accept-language": "en"})
+
+
+def get(client, user, **params):
+    client.force_login(user)
+    return client.get(URL, params)
+
+
+# ---------------------------------------------------------------- the page
+
+
+def test_url_name():
+    assert reverse("analytics:dashboard") == URL
+
+
+@pytest.mark.django_db
+def test_login_required(client):
+    response = client.get(URL)
+    assert response.status_code == 302
+    assert "/login" in response.url
+
+
+@pytest.mark.django_db
+def test_head_sees_the_engine_figures_of_his_team(client, head, b2b, story):
+    expected = report(b2b, filters={"owner": ["head", "masha", "petya"]}).totals
+    assert step_counts(expected) == [6, 4, 2, 2, 2]
+
+    response = get(client, head, funnel=b2b.pk, **MARCH)
+
+    assert response.status_code == 200
+    assert funnel_counts(response) == [6, 4, 2, 2, 2]
+    assert charts(response)["funnel"]["data"][0]["y"] == ["S1", "S2 ▼", "S3", "S4", "Won"]
+    rows = table(response, "conversion-table")
+    assert rows[0][:3] == ["Step", "Count", "Step conversion, %"]
+    assert [row[:4] for row in rows[1:]] == [
+        ["S1", "6", "—", "100.0 %"],
+        ["S2", "4", "66.7 % ▼", "66.7 %"],
+        ["S3", "2", "50.0 %", "33.3 %"],
+        ["S4", "2", "100.0 %", "33.3 %"],
+        ["Won", "2", "100.0 %", "33.3 %"],
+    ]
+    # Drop-off, lost, lost by reason and open, as the engine has them.
+    assert [[r[4], r[7], r[8], r[9]] for r in rows[1:]] == [
+        ["—", "1", "Changed their mind: 1", "1"],
+        ["2", "1", "Spam: 1", "1"],
+        ["2", "0", "—", "0"],
+        ["0", "0", "—", "0"],
+        ["0", "0", "—", "0"],
+    ]
+    assert [[s.drop_off, s.lost, s.lost_by_reason, s.open] for s in expected.steps] == [
+        [None, 1, {"Changed their mind": 1}, 1],
+        [2, 1, {"Spam": 1}, 1],
+        [2, 0, {}, 0],
+        [0, 0, {}, 0],
+        [0, 0, {}, 0],
+    ]
+    # Time in stage: d1 and d4 each left S3 after one hour; d1 spent 1 h in S4.
+    assert [r[10] for r in rows[1:]] == ["1 h 0 min", "1 h 0 min", "1 h 0 min", "1 h 0 min", "—"]
+    content = response.content.decode()
+    assert 'data-kpi="overall">33.3 %<' in content
+    assert 'data-kpi="won-amount">1,500 RUB<' in content
+    assert "Below target: S2</p>" in content
+
+
+@pytest.mark.django_db
+def test_calendar_mode_counts_events_of_the_period_and_warns(client, head, b2b, story):
+    cohort = get(client, head, funnel=b2b.pk, **MARCH)
+    calendar = get(client, head, funnel=b2b.pk, mode="calendar", **MARCH)
+
+    expected = report(b2b, mode=Mode.CALENDAR, filters={"owner": ["head", "masha", "petya"]})
+    assert funnel_counts(calendar) == step_counts(expected.totals) == [6, 4, 3, 2, 2]
+    assert funnel_counts(cohort) == [6, 4, 2, 2, 2]
+    assert "Calendar mode mixes cohorts" in calendar.content.decode()
+    assert "Calendar mode mixes cohorts" not in cohort.content.decode()
+
+
+@pytest.mark.django_db
+def test_filters_and_period_change_the_figures(client, head, b2b, story):
+    by_source = get(client, head, funnel=b2b.pk, source="ads", **MARCH)
+    by_owner = get(client, head, funnel=b2b.pk, owner="petya", **MARCH)
+    april = get(
+        client, head, funnel=b2b.pk, period="custom", date_from="2025-04-01", date_to="2025-04-30"
+    )
+
+    assert funnel_counts(by_source) == [1, 0, 0, 0, 0]
+    assert funnel_counts(by_owner) == step_counts(report(b2b, filters={"owner": ["petya"]}).totals)
+    assert funnel_counts(by_owner) == [3, 2, 1, 1, 1]
+    assert funnel_counts(april) == [0, 0, 0, 0, 0]
+
+
+@pytest.mark.django_db
+def test_csv_export_of_the_conversion_table(client, head, b2b, story):
+    response = get(client, head, funnel=b2b.pk, export="csv", **MARCH)
+
+    assert response.status_code == 200
+    assert response["Content-Type"] == "text/csv; charset=utf-8"
+    assert response["Content-Disposition"] == (
+        'attachment; filename="funnel-b2b-2025-03-01-2025-03-31-cohort.csv"'
+    )
+    assert list(csv.reader(io.StringIO(response.content.decode()))) == [
+        [
+            "Step",
+            "Count",
+            "Step conversion, %",
+            "From first, %",
+            "Drop-off",
+            "Drop-off, %",
+            "Target, %",
+            "Lost",
+            "Lost by reason",
+            "Open",
+            "Median time in stage, s",
+            "P90 time in stage, s",
+        ],
+        ["S1", "6", "", "100.0", "", "", "", "1", "Changed their mind: 1", "1", "3600", "3600"],
+        ["S2", "4", "66.7", "66.7", "2", "33.3", "80.0", "1", "Spam: 1", "1", "3600", "3600"],
+        ["S3", "2", "50.0", "33.3", "2", "50.0", "", "0", "", "0", "3600", "3600"],
+        ["S4", "2", "100.0", "33.3", "0", "0.0", "", "0", "", "0", "3600", "3600"],
+        ["Won", "2", "100.0", "33.3", "0", "0.0", "", "0", "", "0", "", ""],
+    ]
+
+
+@pytest.mark.django_db
+def test_managers_table_and_stuck_deals(client, head, b2b, story):
+    response = get(client, head, funnel=b2b.pk, **MARCH)
+
+    rows = table(response, "managers-table")
+    assert rows[0] == [
+        "Manager",
+        "Entered",
+        "S1 → S2",
+        "S2 → S3",
+        "S3 → S4",
+        "S4 → Won",
+        "Overall",
+        "Won",
+        "Won amount",
+    ]
+    assert rows[1:] == [
+        ["Masha", "3", "66.7 %", "50.0 %", "100.0 %", "100.0 %", "33.3 %", "1", "1,000 RUB"],
+        ["Petya", "3", "66.7 %", "50.0 %", "100.0 %", "100.0 %", "33.3 %", "1", "500 RUB"],
+    ]
+    stuck = table(response, "stuck-table")
+    assert [row[:3] for row in stuck[1:]] == [["Stuck", "S1", "Masha"]]
+    assert f'href="/deals/{story["d3"].pk}/"' in response.content.decode()
+
+
+@pytest.mark.django_db
+def test_a_manager_who_converts_differently_beyond_chance_is_marked(
+    client, head, manager, other_manager, b2b
+):
+    # S1 → S2: masha 30 of 40, petya 10 of 40 (z = 4.47); S2 → S3: 6 of 30 against 3 of 10.
+    stages = {stage.name: stage for stage in b2b.stages.all()}
+    start = datetime.datetime(2025, 3, 3, 9, 0, tzinfo=UTC)
+    hour = datetime.timedelta(hours=1)
+
+    def plans(owner, n, names):
+        path = [(stages[name].pk, start + hour * i) for i, name in enumerate(names)]
+        return [DealPlan(title="lead", created_at=start, path=path, owner_id=owner.pk)] * n
+
+    deals_bulk_load(
+        funnel=b2b,
+        plans=plans(manager, 10, ["S1"])
+        + plans(manager, 24, ["S1", "S2"])
+        + plans(manager, 6, ["S1", "S2", "S3"])
+        + plans(other_manager, 30, ["S1"])
+        + plans(other_manager, 7, ["S1", "S2"])
+        + plans(other_manager, 3, ["S1", "S2", "S3"]),
+    )
+
+    response = get(client, head, funnel=b2b.pk, **MARCH)
+
+    rows = table(response, "managers-table")
+    assert [row[:4] for row in rows[1:]] == [
+        ["Masha", "40", "75.0 % ▲", "20.0 %"],
+        ["Petya", "40", "25.0 % ▼", "30.0 %"],
+    ]
+    content = response.content.decode()
+    assert 'class="outlier-high"' in content and 'class="outlier-low"' in content
+    assert "75.0 % against 25.0 % for the rest of the team (p = 0.000)" in content
+
+
+@pytest.mark.django_db
+def test_what_if_projects_won_and_revenue(client, head, b2b, story):
+    # Twice as many entering, S3 → S4 at 50 %: 12 → 8 → 4 → 2 → 2 won, average check 750.
+    response = get(client, head, funnel=b2b.pk, wi_entered="12", wi_step_3="50", **MARCH)
+
+    assert table(response, "whatif-table")[1:] == [
+        ["S1", "6", "12"],
+        ["S2", "4", "8"],
+        ["S3", "2", "4"],
+        ["S4", "2", "2"],
+        ["Won", "2", "2"],
+        ["Revenue", "1,500 RUB", "1,500 RUB"],
+    ]
+
+
+@pytest.mark.django_db
+def test_a_bad_value_is_a_clear_error(client, head, b2b, story):
+    bad_mode = get(client, head, funnel=b2b.pk, mode="weekly", **MARCH)
+    backwards = get(
+        client, head, funnel=b2b.pk, period="custom", date_from="2025-03-31", date_to="2025-03-01"
+    )
+    no_dates = get(client, head, funnel=b2b.pk, period="custom")
+    bad_window = get(client, head, funnel=b2b.pk, window="0", **MARCH)
+
+    assert bad_mode.status_code == 400
+    assert bad_mode.context["form"].errors == {
+        "mode": ["Select a valid choice. weekly is not one of the available choices."]
+    }
+    assert backwards.context["form"].errors == {"date_to": ["The period starts after it ends."]}
+    assert no_dates.context["form"].errors == {
+        "date_from": ["Enter the first day of the custom period."],
+        "date_to": ["Enter the last day of the custom period."],
+    }
+    assert bad_window.context["form"].errors == {
+        "window": ["Ensure this value is greater than or equal to 1."]
+    }
+    assert "dashboard-charts" not in bad_mode.content.decode()
+
+
+@pytest.mark.django_db
+def test_a_large_funnel_shows_the_snapshot_status(client, head, b2b, story, monkeypatch):
+    monkeypatch.setattr("analytics.services.DIRECT_REPORT_MAX_DEALS", 0)
+
+    response = get(client, head, funnel=b2b.pk, **MARCH)
+
+    assert response.status_code == 200
+    content = response.content.decode()
+    assert "The report is being computed" in content
+    assert "Status: Queued, 0 %." in content
+    assert "dashboard-charts" not in content
+
+
+@pytest.mark.django_db
+def test_conversion_window(client, head, b2b, story):
+    response = get(client, head, funnel=b2b.pk, window="1", **MARCH)
+
+    expected = report(b2b, window_days=1, filters={"owner": ["head", "masha", "petya"]})
+    assert funnel_counts(response) == step_counts(expected.totals)
+
+
+# ---------------------------------------------------------------- who sees what
+
+
+@pytest.mark.django_db
+def test_a_manager_sees_only_his_own_figures(client, manager, b2b, story):
+    response = get(client, manager, funnel=b2b.pk, **MARCH)
+
+    assert response.status_code == 200
+    assert funnel_counts(response) == step_counts(report(b2b, filters={"owner": ["masha"]}).totals)
+    assert funnel_counts(response) == [3, 2, 1, 1, 1]
+    assert [row[0] for row in table(response, "managers-table")[1:]] == ["Masha"]
+    assert response.context["form"].fields["owner"].choices == [("", "All"), ("masha", "Masha")]
+
+
+@pytest.mark.django_db
+def test_a_manager_cannot_ask_for_a_colleagues_figures(client, manager, b2b, story):
+    response = get(client, manager, funnel=b2b.pk, owner="petya", **MARCH)
+
+    assert response.status_code == 400
+    assert "petya is not one of the available choices" in response.content.decode()
+    assert "dashboard-charts" not in response.content.decode()
+
+
+@pytest.mark.django_db
+def test_a_manager_of_another_team_sees_none_of_them(client, outsider, b2b, story):
+    b2b.members.add(outsider)
+    DealStory(b2b, owner=outsider).enters("S1").moves_to("S2")
+
+    own = get(client, outsider, funnel=b2b.pk, **MARCH)
+    theirs = get(client, outsider, funnel=b2b.pk, owner="masha", **MARCH)
+
+    assert funnel_counts(own) == [1, 1, 0, 0, 0]
+    assert theirs.status_code == 400
+    assert "masha is not one of the available choices" in theirs.content.decode()
+
+
+@pytest.mark.django_db
+def test_a_funnel_the_user_does_not_work_is_refused(client, outsider, b2b, story):
+    response = get(client, outsider, funnel=b2b.pk, **MARCH)
+
+    assert response.status_code == 400
+    assert "dashboard-charts" not in response.content.decode()
+
+
+@pytest.mark.django_db
+def test_a_head_does_not_see_another_teams_deals_an_admin_does(
+    client, head, sales_admin, outsider, b2b, story
+):
+    b2b.members.add(outsider)
+    DealStory(b2b, owner=outsider).enters("S1")
+
+    assert funnel_counts(get(client, head, funnel=b2b.pk, **MARCH)) == [6, 4, 2, 2, 2]
+    assert funnel_counts(get(client, sales_admin, funnel=b2b.pk, **MARCH)) == [7, 4, 2, 2, 2]
+    assert funnel_counts(get(client, sales_admin, funnel=b2b.pk, **MARCH)) == step_counts(
+        report(b2b).totals
+    )
+
+
+@pytest.mark.django_db
+def test_another_head_sees_nothing_of_this_team(client, b2b, story):
+    other_head = factories.UserFactory(username="olga", role=Role.HEAD)
+    factories.TeamFactory(name="Kazan", head=other_head)
+
+    response = get(client, other_head, funnel=b2b.pk, **MARCH)
+
+    assert response.status_code == 400  # the funnel is not one of his teams'
+
+
+# ---------------------------------------------------------------- the maths
+
+
+def test_two_proportion_z_test_by_hand():
+    # 45/100 against 30/100: pooled p = 0.375, se = sqrt(0.375 * 0.625 * 0.02) = 0.068465;
+    # z = 0.15 / 0.068465 = 2.1909; two-sided p = erfc(2.1909 / sqrt 2) = 0.02846.
+    test = two_proportion_z_test(45, 100, 30, 100)
+
+    assert round(test.z, 4) == 2.1909
+    assert round(test.p_value, 5) == 0.02846
+    assert test.significant
+
+    # 35/100 against 30/100: pooled p = 0.325, se = 0.066238, z = 0.7549, p = 0.4503.
+    close = two_proportion_z_test(35, 100, 30, 100)
+    assert (round(close.z, 4), round(close.p_value, 4), close.significant) == (
+        0.7549,
+        0.4503,
+        False,
+    )
+    assert two_proportion_z_test(0, 0, 3, 10) is None
+    assert two_proportion_z_test(10, 10, 5, 5) is None  # no variance
+    assert math.isclose(two_proportion_z_test(30, 100, 45, 100).z, -test.z)
+
+
+def test_step_differences_against_the_rest_of_the_team():
+    counts = {"anna": [100, 45], "boris": [60, 18], "vera": [40, 12]}
+
+    differences = {(d.member, d.step): d for d in step_differences(counts)}
+
+    anna = differences[("anna", 1)]
+    assert (anna.own, anna.rest) == (0.45, 0.3)
+    assert round(anna.test.z, 4) == 2.1909 and anna.test.significant
+    assert not differences[("boris", 1)].test.significant
+
+
+def test_what_if():
+    counts = [1000, 710, 305, 210, 100]  # METRICS.md, seed 002
+
+    same = what_if(counts=counts, average_check=2000.0)
+    assert [round(c, 6) for c in same.counts] == [1000, 710, 305, 210, 100]
+    assert round(same.revenue, 6) == 200_000
+
+    better_offer = what_if(counts=counts, average_check=2000.0, conversions={2: 0.5})
+    # 710 * 0.5 = 355 offers; then 210/305 and 100/210 as now: 355 * 100/305 = 116.39...
+    assert round(better_offer.won, 2) == 116.39
+    assert round(better_offer.revenue, 2) == 232_786.89
+
+    more_leads = what_if(counts=counts, average_check=None, entered=2000)
+    assert round(more_leads.won, 6) == 200
+    assert more_leads.revenue == 0
+
+    assert what_if(counts=[5, 0, 0], average_check=10, entered=10).counts == [10, 0, 0]
