@@ -150,6 +150,25 @@ def _check_version(deal: Deal, expected_version: int | None) -> None:
         )
 
 
+def _lock_for_change(
+    deal: Deal | int,
+    *,
+    actor: User | None,
+    expected_version: int | None,
+    at: datetime.datetime | None = None,
+) -> tuple[Deal, datetime.datetime]:
+    """Lock and re-read the deal, then check the actor's right and the version.
+
+    The clock is read after the lock, so concurrent changes get their history
+    in the order the locks were taken.
+    """
+    deal = _lock(deal)
+    at = at or timezone.now()
+    _check_actor(actor, deal)
+    _check_version(deal, expected_version)
+    return deal, at
+
+
 def _field_label(funnel: Funnel, name: str) -> str:
     if name in REQUIRABLE_DEAL_FIELDS:
         return str(REQUIRABLE_DEAL_FIELDS[name])
@@ -420,9 +439,7 @@ def deal_update(
     *, actor: User | None, deal: Deal | int, values: dict, expected_version: int | None = None
 ) -> Deal:
     """Edit a deal's fields and client details. Stage and status have their own functions."""
-    deal = _lock(deal)
-    _check_actor(actor, deal)
-    _check_version(deal, expected_version)
+    deal, _at = _lock_for_change(deal, actor=actor, expected_version=expected_version)
     changed = _apply_values(deal, values)
     if changed:
         _save(deal, changed)
@@ -447,10 +464,7 @@ def deal_move_to_stage(
     stage k needs the required fields of stages 1..k; the error names every
     missing one and nothing is saved. The entered stage's tasks are made.
     """
-    deal = _lock(deal)
-    at = at or timezone.now()
-    _check_actor(actor, deal)
-    _check_version(deal, expected_version)
+    deal, at = _lock_for_change(deal, actor=actor, expected_version=expected_version, at=at)
     if deal.is_closed:
         raise InvalidInput(
             _("The deal is %(status)s. Reopen it before moving it.")
@@ -495,10 +509,7 @@ def deal_win(
     at: datetime.datetime | None = None,
 ) -> Deal:
     """Close a deal as won. Every stage's required fields must be filled."""
-    deal = _lock(deal)
-    at = at or timezone.now()
-    _check_actor(actor, deal)
-    _check_version(deal, expected_version)
+    deal, at = _lock_for_change(deal, actor=actor, expected_version=expected_version, at=at)
     _check_open(deal, _("win"))
     changed = _apply_values(deal, values or {})
     _check_required(deal, deal.funnel.stages.order_by("position"), _("win the deal"))
@@ -522,10 +533,7 @@ def deal_lose(
 ) -> Deal:
     """Close a deal as lost. An active loss reason of the deal's funnel is mandatory;
     a reason marked ``requires_comment`` (“Other”) needs a comment."""
-    deal = _lock(deal)
-    at = at or timezone.now()
-    _check_actor(actor, deal)
-    _check_version(deal, expected_version)
+    deal, at = _lock_for_change(deal, actor=actor, expected_version=expected_version, at=at)
     _check_open(deal, _("lose"))
     comment = (comment or "").strip()
     if loss_reason in (None, ""):
@@ -572,10 +580,7 @@ def deal_postpone(
 
     A postponed deal postponed again only gets the new date.
     """
-    deal = _lock(deal)
-    at = at or timezone.now()
-    _check_actor(actor, deal)
-    _check_version(deal, expected_version)
+    deal, at = _lock_for_change(deal, actor=actor, expected_version=expected_version, at=at)
     _check_open(deal, _("postpone"))
     when = _parse_datetime(next_contact_at, "next_contact_at")
     if when is None:
@@ -616,10 +621,7 @@ def deal_reopen(
     at: datetime.datetime | None = None,
 ) -> Deal:
     """Return a won, lost or postponed deal to work, on the stage it was on."""
-    deal = _lock(deal)
-    at = at or timezone.now()
-    _check_actor(actor, deal)
-    _check_version(deal, expected_version)
+    deal, at = _lock_for_change(deal, actor=actor, expected_version=expected_version, at=at)
     if deal.status == DealStatus.OPEN:
         raise InvalidInput(_("The deal is already open."))
     changed = _set_status(
@@ -642,9 +644,7 @@ def deal_assign(
     expected_version: int | None = None,
 ) -> Deal:
     """Give a deal to another owner (or none). Open tasks follow the deal."""
-    deal = _lock(deal)
-    _check_actor(actor, deal)
-    _check_version(deal, expected_version)
+    deal, _at = _lock_for_change(deal, actor=actor, expected_version=expected_version)
     if owner is not None:
         if not owner.is_active:
             raise InvalidInput(
