@@ -17,7 +17,7 @@ from django.utils.formats import get_format, number_format
 from django.utils.translation import gettext as _
 
 from analytics.periods import Period
-from analytics.stats import Projection, StepDifference, step_differences
+from analytics.stats import Bottleneck, Projection, StepDifference, step_differences
 from analytics.types import (
     Durations,
     FunnelFigures,
@@ -88,6 +88,32 @@ def below_target(step: Step) -> bool:
         step.target_conversion is not None
         and step.step_conversion is not None
         and step.step_conversion < step.target_conversion
+    )
+
+
+def bottleneck_sentence(bottleneck: Bottleneck) -> str:
+    """``Offer → Invoice fell from 69.0 % to 41.0 % this period`` and the like."""
+    values = {
+        "from_step": bottleneck.from_name,
+        "to_step": bottleneck.to_name,
+        "previous": percent(bottleneck.previous),
+        "current": percent(bottleneck.current),
+        "target": percent(bottleneck.target),
+    }
+    if bottleneck.fell and bottleneck.below_target:
+        return (
+            _(
+                "%(from_step)s → %(to_step)s fell from %(previous)s to %(current)s "
+                "this period, below its target of %(target)s"
+            )
+            % values
+        )
+    if bottleneck.fell:
+        return _(
+            "%(from_step)s → %(to_step)s fell from %(previous)s to %(current)s this period"
+        ) % (values)
+    return _("%(from_step)s → %(to_step)s is at %(current)s, below its target of %(target)s") % (
+        values
     )
 
 

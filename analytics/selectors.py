@@ -8,8 +8,8 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from accounts.models import User
-from analytics.models import FunnelSnapshot
-from analytics.services import snapshot_key
+from analytics.models import FunnelSnapshot, SnapshotStatus
+from analytics.services import snapshot_key, standard_snapshot_queries
 from analytics.types import FunnelQuery
 from deals.models import Deal, DealStatus
 from funnels.models import Funnel
@@ -81,6 +81,55 @@ def stuck_deals(
 def snapshot_for(query: FunnelQuery) -> FunnelSnapshot | None:
     """The stored snapshot of exactly these parameters, if any."""
     return FunnelSnapshot.objects.filter(key=snapshot_key(query)).first()
+
+
+# A snapshot of a period containing today is refreshed every 15 minutes: older than
+# this, a refresh was missed. Past periods are refreshed nightly and are not judged by it.
+STALE_AFTER = datetime.timedelta(minutes=30)
+
+
+@dataclasses.dataclass
+class SnapshotProgress:
+    total: int  # the funnel's standard snapshots for today
+    done: int  # finished their latest run
+    failed: int
+    stale: int  # current-period snapshots last computed more than ``STALE_AFTER`` ago
+    errors: list[str]  # the failed runs' error messages, distinct, in label order
+
+
+def snapshot_progress(*, funnel: Funnel, now: datetime.datetime | None = None) -> SnapshotProgress:
+    """How far the funnel's standard snapshots (``snapshots_refresh``) have got."""
+    now = now or timezone.now()
+    today = timezone.localdate(now)
+    keys = {
+        snapshot_key(query)
+        for _label, query in standard_snapshot_queries(funnel_id=funnel.pk, today=today)
+    }
+    current = {
+        snapshot_key(query)
+        for _label, query in standard_snapshot_queries(
+            funnel_id=funnel.pk, today=today, current_only=True
+        )
+    }
+    rows = list(
+        FunnelSnapshot.objects.filter(funnel=funnel, key__in=keys)
+        .order_by("label")
+        .values_list("key", "status", "computed_at", "error")
+    )
+    errors = []
+    for _key, status, _computed_at, error in rows:
+        if status == SnapshotStatus.FAILED and error and error not in errors:
+            errors.append(error)
+    return SnapshotProgress(
+        total=len(keys),
+        done=sum(status == SnapshotStatus.DONE for _k, status, _c, _e in rows),
+        failed=sum(status == SnapshotStatus.FAILED for _k, status, _c, _e in rows),
+        stale=sum(
+            key in current and computed_at is not None and now - computed_at > STALE_AFTER
+            for key, _status, computed_at, _e in rows
+        ),
+        errors=errors,
+    )
 
 
 def dashboard_funnels(user: User) -> QuerySet[Funnel]:

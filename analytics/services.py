@@ -5,6 +5,7 @@ twice stores the same figures. The result and ``computed_at`` change only when
 a run succeeds, so a failed or killed run leaves the previous figures in place.
 """
 
+import datetime
 import hashlib
 import json
 import logging
@@ -64,17 +65,31 @@ def snapshots_refresh(*, funnel_id: int | None = None, current_only: bool = Fals
     ids = []
     with transaction.atomic():
         for funnel in funnels:
-            for spec in snapshot_specs(today, current_only=current_only):
-                query = FunnelQuery(
-                    funnel_id=funnel.pk,
-                    date_from=spec.period.date_from,
-                    date_to=spec.period.date_to,
-                    mode=spec.mode,
-                    group_by=spec.group_by,
-                )
-                ids.append(snapshot_ensure(query=query, label=spec.label).pk)
+            for label, query in standard_snapshot_queries(
+                funnel_id=funnel.pk, today=today, current_only=current_only
+            ):
+                ids.append(snapshot_ensure(query=query, label=label).pk)
         snapshots_queue(ids)
     return ids
+
+
+def standard_snapshot_queries(
+    *, funnel_id: int, today: datetime.date, current_only: bool = False
+) -> list[tuple[str, FunnelQuery]]:
+    """Label and query of each standard snapshot of a funnel (what ``snapshots_refresh`` keeps)."""
+    return [
+        (
+            spec.label,
+            FunnelQuery(
+                funnel_id=funnel_id,
+                date_from=spec.period.date_from,
+                date_to=spec.period.date_to,
+                mode=spec.mode,
+                group_by=spec.group_by,
+            ),
+        )
+        for spec in snapshot_specs(today, current_only=current_only)
+    ]
 
 
 def snapshot_compute(*, snapshot_id: int) -> FunnelSnapshot | None:

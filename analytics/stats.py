@@ -1,5 +1,6 @@
 """Small pure functions behind the dashboard: significance of a manager's
-conversion against the rest of his team, and what-if projections.
+conversion against the rest of his team, bottlenecks against the previous
+period, and what-if projections.
 
 No database, no Django: numbers in, numbers out.
 """
@@ -114,3 +115,68 @@ def what_if(
         projected.append(projected[-1] * rate)
     won = projected[-1]
     return Projection(counts=projected, won=won, revenue=won * (average_check or 0.0))
+
+
+# A step's conversion must fall by at least this much (a fraction, i.e. 5 percentage
+# points) against the previous period to be called out: smaller moves are noise.
+NOTABLE_FALL = 0.05
+
+
+@dataclasses.dataclass(frozen=True)
+class Bottleneck:
+    """Step ``step`` (its conversion from step ``step - 1``) that fell or is below target."""
+
+    step: int  # >= 1
+    from_name: str
+    to_name: str
+    current: float | None
+    previous: float | None
+    target: float | None
+    fell: bool  # by at least ``NOTABLE_FALL`` against the previous period
+    below_target: bool
+
+    @property
+    def fall(self) -> float:
+        """How much the conversion fell (0 when it did not fall notably)."""
+        return self.previous - self.current if self.fell else 0.0
+
+
+def bottlenecks(
+    *,
+    names: Sequence[str],
+    current: Sequence[float | None],
+    previous: Sequence[float | None],
+    targets: Sequence[float | None],
+    notable_fall: float = NOTABLE_FALL,
+) -> list[Bottleneck]:
+    """The steps whose conversion fell notably against the previous period, or sits
+    below its target.
+
+    All four sequences are indexed by step, ``0 … n-1``: ``names`` the step
+    names, ``current`` and ``previous`` the step conversions ``c_k / c_(k-1)``
+    as fractions (None for the first step and where the previous step is
+    empty), ``targets`` the target conversions as fractions (None: no target).
+    Returns the biggest fall first, then the steps only below target in funnel
+    order. Raises ValueError when the sequences differ in length.
+    """
+    if not len(names) == len(current) == len(previous) == len(targets):
+        raise ValueError("names, current, previous and targets must have one value per step")
+    found = []
+    for step in range(1, len(names)):
+        now, before, target = current[step], previous[step], targets[step]
+        fell = now is not None and before is not None and round(before - now, 9) >= notable_fall
+        below = now is not None and target is not None and now < target
+        if fell or below:
+            found.append(
+                Bottleneck(
+                    step=step,
+                    from_name=names[step - 1],
+                    to_name=names[step],
+                    current=now,
+                    previous=before,
+                    target=target,
+                    fell=fell,
+                    below_target=below,
+                )
+            )
+    return sorted(found, key=lambda b: (-b.fall, b.step))

@@ -11,23 +11,33 @@ so no figure of anyone else's deal is ever computed for him.
 """
 
 import csv
+import datetime
 
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.text import slugify
-from django.views.decorators.http import require_GET
+from django.utils.translation import gettext as _
+from django.views.decorators.http import require_GET, require_POST
 
 from accounts.models import User
 from analytics import charts
 from analytics.forms import DashboardForm, WhatIfForm
 from analytics.models import FunnelSnapshot
 from analytics.periods import trend_weeks
-from analytics.selectors import dashboard_funnels, dashboard_owners, stuck_deals
-from analytics.services import report_or_snapshot
-from analytics.stats import what_if
-from analytics.types import FunnelReport, Mode
+from analytics.selectors import (
+    dashboard_funnels,
+    dashboard_owners,
+    snapshot_progress,
+    stuck_deals,
+)
+from analytics.services import report_or_snapshot, snapshots_refresh
+from analytics.stats import bottlenecks, what_if
+from analytics.types import FunnelFigures, FunnelReport, Mode
 from deals.selectors import deals_visible_to
 
 STUCK_LIMIT = 50
@@ -61,6 +71,29 @@ def _trend(form: DashboardForm) -> list[charts.TrendPoint]:
             charts.TrendPoint(period=week, figures=None if report is None else report.totals)
         )
     return points
+
+
+def _previous_period(form: DashboardForm) -> FunnelFigures | None:
+    """The same query over the period of equal length just before; None while it is computed."""
+    date_from, date_to = form.cleaned_data["date_from"], form.cleaned_data["date_to"]
+    length = date_to - date_from + datetime.timedelta(days=1)
+    report, _snapshot = _report(form.query(date_from=date_from - length, date_to=date_to - length))
+    return None if report is None else report.totals
+
+
+def _bottlenecks(totals: FunnelFigures, previous: FunnelFigures | None) -> list[str]:
+    steps = totals.steps
+    before = [None] * len(steps)
+    # A stage added or removed since the previous period: the steps no longer line up.
+    if previous is not None and [s.name for s in previous.steps] == [s.name for s in steps]:
+        before = [s.step_conversion for s in previous.steps]
+    found = bottlenecks(
+        names=[s.name for s in steps],
+        current=[s.step_conversion for s in steps],
+        previous=before,
+        targets=[s.target_conversion for s in steps],
+    )
+    return [charts.bottleneck_sentence(bottleneck) for bottleneck in found]
 
 
 def _csv(report: FunnelReport, form: DashboardForm) -> HttpResponse:
@@ -101,6 +134,9 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "snapshot": snapshot,
         "calendar": form.cleaned_data["mode"] == Mode.CALENDAR,
         "now": timezone.now(),
+        "progress": snapshot_progress(funnel=form.cleaned_data["funnel"]),
+        "can_recompute": _can_recompute(user),
+        "recompute_query": request.GET.urlencode(),
     }
     chart_data = {}
     if report is not None:
@@ -128,6 +164,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             conversion_table=charts.conversion_table(totals),
             managers_table=charts.managers_table(report),
             below_target=[s for s in totals.steps if charts.below_target(s)],
+            bottlenecks=_bottlenecks(totals, _previous_period(form)),
             stuck=_stuck(form, user),
             trend_pending=sum(point.figures is None for point in trend),
             whatif_form=whatif_form,
@@ -146,6 +183,35 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         )
     context["charts"] = chart_data
     return render(request, "analytics/dashboard.html", context)
+
+
+def _can_recompute(user: User) -> bool:
+    return user.is_admin_role or user.is_head
+
+
+@login_required
+@require_POST
+def dashboard_recompute(request: HttpRequest) -> HttpResponse:
+    """Queue the standard snapshots of the funnel in the POST (heads and admins only),
+    then back to the dashboard with the query string this was posted with."""
+    if not _can_recompute(request.user):
+        raise PermissionDenied
+    raw = request.POST.get("funnel", "")
+    funnel = None
+    if raw.isdigit() and len(raw) < 10:
+        funnel = dashboard_funnels(request.user).filter(pk=int(raw)).first()
+    if funnel is None:
+        raise Http404
+    queued = snapshots_refresh(funnel_id=funnel.pk)
+    messages.success(
+        request,
+        _("Snapshots queued for recomputation: %(count)s (“%(funnel)s”).")
+        % {"count": len(set(queued)), "funnel": funnel.name},
+    )
+    url = reverse("analytics:dashboard")
+    # Only the query string comes from the request, so the redirect never leaves the dashboard.
+    query = request.GET.urlencode()
+    return HttpResponseRedirect(f"{url}?{query}" if query else url)
 
 
 def _with(params, **changes) -> str:

@@ -7,16 +7,29 @@ import io
 import json
 import math
 import re
+from datetime import timedelta
 from decimal import Decimal
 from html.parser import HTMLParser
 
 import pytest
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone, translation
 
 from accounts.models import Role
+from analytics.charts import bottleneck_sentence
 from analytics.engine import funnel_report
-from analytics.stats import step_differences, two_proportion_z_test, what_if
+from analytics.models import FunnelSnapshot, SnapshotStatus
+from analytics.periods import snapshot_specs
+from analytics.selectors import SnapshotProgress, snapshot_progress
+from analytics.services import snapshots_refresh
+from analytics.stats import (
+    Bottleneck,
+    bottlenecks,
+    step_differences,
+    two_proportion_z_test,
+    what_if,
+)
 from analytics.types import FunnelQuery, Mode
 from deals.bulk import DealPlan, deals_bulk_load
 from tests import factories
@@ -394,6 +407,169 @@ def test_conversion_window(client, head, b2b, story):
     assert funnel_counts(response) == step_counts(expected.totals)
 
 
+@pytest.mark.django_db
+def test_bottlenecks_against_the_previous_period_of_equal_length(client, head, b2b, story):
+    # March has 31 days: the previous period is 29 January – 28 February, where d7
+    # entered and went S1 → S2 → S3 (cohort mode follows it into March).
+    team = {"owner": ["head", "masha", "petya"]}
+    february = report(
+        b2b,
+        date_from=datetime.date(2025, 1, 29),
+        date_to=datetime.date(2025, 2, 28),
+        filters=team,
+    )
+    assert [s.step_conversion for s in february.totals.steps] == [None, 1.0, 1.0, 0.0, None]
+    assert [s.step_conversion for s in report(b2b, filters=team).totals.steps] == [
+        None,
+        4 / 6,
+        0.5,
+        1.0,
+        1.0,
+    ]
+
+    response = get(client, head, funnel=b2b.pk, **MARCH)
+
+    assert response.context["bottlenecks"] == [
+        "S2 → S3 fell from 100.0 % to 50.0 % this period",
+        "S1 → S2 fell from 100.0 % to 66.7 % this period, below its target of 80.0 %",
+    ]
+    assert (
+        '<ul id="bottlenecks"><li>S2 → S3 fell from 100.0 % to 50.0 % this period</li>'
+        in response.content.decode()
+    )
+
+
+@pytest.mark.django_db
+def test_bottlenecks_without_a_previous_period_name_the_steps_below_target(
+    client, head, b2b, story
+):
+    # One day, 3 March, when d1 … d6 entered: nobody entered on 2 March to compare with.
+    third = {"period": "custom", "date_from": "2025-03-03", "date_to": "2025-03-03"}
+
+    response = get(client, head, funnel=b2b.pk, **third)
+
+    assert funnel_counts(response) == [6, 4, 2, 2, 2]
+    assert response.context["bottlenecks"] == ["S1 → S2 is at 66.7 %, below its target of 80.0 %"]
+    empty = get(
+        client, head, funnel=b2b.pk, period="custom", date_from="2025-04-01", date_to="2025-04-30"
+    )
+    assert empty.context["bottlenecks"] == []
+    assert "No step fell against the previous period or sits below its target." in (
+        empty.content.decode()
+    )
+
+
+# ---------------------------------------------------------------- recompute and snapshot progress
+
+
+def standard_snapshot_count() -> int:
+    """Distinct standard snapshots of a funnel today (this week is also the trend's last week)."""
+    specs = snapshot_specs(timezone.localdate())
+    return len({(s.period.date_from, s.period.date_to, s.mode, s.group_by) for s in specs})
+
+
+@pytest.mark.django_db
+def test_recompute_queues_and_computes_the_funnels_snapshots_and_goes_back(
+    client, head, b2b, story, django_capture_on_commit_callbacks
+):
+    distinct = standard_snapshot_count()
+    before = get(client, head, funnel=b2b.pk, **MARCH)
+    assert f"Snapshots computed: 0 of {distinct}." in before.content.decode()
+    assert f'action="/dashboard/recompute/?funnel={b2b.pk}&amp;period=custom' in (
+        before.content.decode()
+    )
+
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        response = client.post(
+            f"/dashboard/recompute/?funnel={b2b.pk}&period=custom"
+            "&date_from=2025-03-01&date_to=2025-03-31",
+            {"funnel": b2b.pk},
+        )
+
+    assert response.status_code == 302
+    assert response.url == (
+        f"/dashboard/?funnel={b2b.pk}&period=custom&date_from=2025-03-01&date_to=2025-03-31"
+    )
+    assert len(callbacks) == 48  # one task per standard spec, shared rows computed twice
+    snapshots = FunnelSnapshot.objects.filter(funnel=b2b)
+    assert snapshots.count() == distinct
+    assert set(snapshots.values_list("status", flat=True)) == {SnapshotStatus.DONE}
+    page = client.get(response.url)
+    content = page.content.decode()
+    assert f"Snapshots queued for recomputation: {distinct} (“B2B”)." in content
+    assert f"Snapshots computed: {distinct} of {distinct}." in content
+    assert "snapshot-stale" not in content and "snapshot-failed" not in content
+
+
+@pytest.mark.django_db
+def test_recompute_without_a_query_string_goes_to_the_plain_dashboard(
+    client, sales_admin, b2b, django_capture_on_commit_callbacks
+):
+    client.force_login(sales_admin)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post("/dashboard/recompute/", {"funnel": b2b.pk})
+
+    assert (response.status_code, response.url) == (302, "/dashboard/")
+    assert FunnelSnapshot.objects.filter(funnel=b2b).count() == standard_snapshot_count()
+
+
+@pytest.mark.django_db
+def test_only_heads_and_admins_may_recompute(client, manager, head, b2b, story):
+    client.force_login(manager)
+    assert client.post("/dashboard/recompute/", {"funnel": b2b.pk}).status_code == 403
+    page = client.get(URL, {"funnel": b2b.pk, **MARCH}).content.decode()
+    assert "Snapshots computed: 0 of" in page and "/dashboard/recompute/" not in page
+
+    client.force_login(head)
+    assert client.get("/dashboard/recompute/", {"funnel": b2b.pk}).status_code == 405
+    assert client.post("/dashboard/recompute/", {"funnel": "x"}).status_code == 404
+    kazan = factories.FunnelFactory(name="Kazan", stages=["K1"])
+    assert client.post("/dashboard/recompute/", {"funnel": kazan.pk}).status_code == 404
+    client.logout()
+    anonymous = client.post("/dashboard/recompute/", {"funnel": b2b.pk})
+    assert anonymous.status_code == 302 and "/login" in anonymous.url
+    assert FunnelSnapshot.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_failed_and_stale_snapshots_are_noticed(
+    client, head, b2b, story, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        snapshots_refresh(funnel_id=b2b.pk)
+    distinct = standard_snapshot_count()
+    now = timezone.now()
+    snapshots = FunnelSnapshot.objects.filter(funnel=b2b)
+    snapshots.filter(label="this_month:cohort").update(
+        status=SnapshotStatus.FAILED, error="OperationalError: timeout"
+    )
+    # Current periods go stale after 30 minutes; past periods are refreshed nightly.
+    snapshots.filter(label="this_quarter:calendar").update(computed_at=now - timedelta(minutes=31))
+    snapshots.filter(label="this_week:calendar:owner").update(
+        computed_at=now - timedelta(minutes=29)
+    )
+    snapshots.filter(label="last_quarter:cohort").update(computed_at=now - timedelta(days=1))
+
+    assert snapshot_progress(funnel=b2b, now=now) == SnapshotProgress(
+        total=distinct,
+        done=distinct - 1,
+        failed=1,
+        stale=1,
+        errors=["OperationalError: timeout"],
+    )
+    content = get(client, head, funnel=b2b.pk, **MARCH).content.decode()
+    assert f"Snapshots computed: {distinct - 1} of {distinct}." in content
+    assert "Failed: 1." in content
+    assert (
+        "Some snapshots failed; they keep their last figures until a recomputation succeeds."
+        " <code>OperationalError: timeout</code>" in content
+    )
+    assert (
+        "Snapshots of the current periods last computed more than 30 minutes ago: 1."
+        " Recompute them." in content
+    )
+
+
 # ---------------------------------------------------------------- who sees what
 
 
@@ -514,3 +690,77 @@ def test_what_if():
     assert more_leads.revenue == 0
 
     assert what_if(counts=[5, 0, 0], average_check=10, entered=10).counts == [10, 0, 0]
+
+
+def test_bottlenecks_name_the_biggest_fall_first_then_the_steps_below_target():
+    found = bottlenecks(
+        names=["Lead", "Offer", "Invoice", "Won"],
+        current=[None, 0.50, 0.41, 0.90],
+        previous=[None, 0.52, 0.69, 0.80],
+        targets=[None, 0.60, None, 0.95],
+    )
+
+    assert found == [
+        Bottleneck(2, "Offer", "Invoice", 0.41, 0.69, None, fell=True, below_target=False),
+        # A fall of 2 points is noise; below its 60 % target it is still named.
+        Bottleneck(1, "Lead", "Offer", 0.50, 0.52, 0.60, fell=False, below_target=True),
+        Bottleneck(3, "Invoice", "Won", 0.90, 0.80, 0.95, fell=False, below_target=True),
+    ]
+    assert round(found[0].fall, 9) == 0.28
+    assert found[1].fall == 0.0
+
+
+def test_bottlenecks_edges():
+    names = ["A", "B", "C"]
+    # Exactly 5 points is notable (0.69 - 0.64 is 0.04999… in floating point).
+    assert [
+        (b.step, b.fell)
+        for b in bottlenecks(
+            names=names,
+            current=[None, 0.64, 0.5],
+            previous=[None, 0.69, 0.549],
+            targets=[None] * 3,
+        )
+    ] == [(1, True)]
+    # No previous figures, an empty previous step, no current figure: nothing to compare.
+    assert (
+        bottlenecks(
+            names=names,
+            current=[None, None, 0.1],
+            previous=[None, 0.9, None],
+            targets=[None, 0.5, None],
+        )
+        == []
+    )
+    # At the target is not below it; a rise is not a fall.
+    assert (
+        bottlenecks(
+            names=names,
+            current=[None, 0.8, 0.9],
+            previous=[None, 0.7, 0.9],
+            targets=[None, 0.8, 0.9],
+        )
+        == []
+    )
+    assert bottlenecks(names=[], current=[], previous=[], targets=[]) == []
+    with pytest.raises(ValueError, match="one value per step"):
+        bottlenecks(names=names, current=[None, 0.5], previous=[None] * 3, targets=[None] * 3)
+
+
+def test_bottleneck_sentences_in_english_and_russian():
+    fell = Bottleneck(2, "Offer", "Invoice", 0.41, 0.69, None, fell=True, below_target=False)
+    both = Bottleneck(2, "Offer", "Invoice", 0.41, 0.69, 0.5, fell=True, below_target=True)
+    below = Bottleneck(1, "Lead", "Offer", 0.5, None, 0.6, fell=False, below_target=True)
+
+    with translation.override("en"):
+        assert [bottleneck_sentence(b) for b in (fell, both, below)] == [
+            "Offer → Invoice fell from 69.0 % to 41.0 % this period",
+            "Offer → Invoice fell from 69.0 % to 41.0 % this period, below its target of 50.0 %",
+            "Lead → Offer is at 50.0 %, below its target of 60.0 %",
+        ]
+    with translation.override("ru"):
+        assert [bottleneck_sentence(b) for b in (fell, both, below)] == [
+            "Offer → Invoice: конверсия упала с 69,0 % до 41,0 % за этот период",
+            "Offer → Invoice: конверсия упала с 69,0 % до 41,0 % за этот период, ниже цели 50,0 %",
+            "Lead → Offer: конверсия 50,0 %, ниже цели 60,0 %",
+        ]
