@@ -217,7 +217,7 @@ def _aggregate(
     if postgres:
         for d in durations:
             when = d.when & Q(**{f"_{d.name}__isnull": False})
-            aggregates[f"{d.name}__n"] = Count("pk", filter=when)
+            aggregates[f"{d.name}__n"] = Count(f"_{d.name}", filter=when)
             aggregates[f"{d.name}__mean"] = Avg(f"_{d.name}", filter=when)
             aggregates[f"{d.name}__pct"] = MedianAndP90(f"_{d.name}", filter=when)
         rows_pg = rows.annotate(**{f"_{d.name}": d.value for d in durations})
@@ -327,7 +327,7 @@ class _Cube:
         self.rows = list(
             rows.annotate(_in_window=in_window, _response=response)
             .values(*self.KEYS)
-            .annotate(n=Count("pk"), amount=Sum("amount"))
+            .annotate(n=Count("*"), amount=Sum("amount"))
         )
 
     def total(self, key: str, amount: bool = False, **conditions) -> float:
@@ -413,7 +413,7 @@ def _funnel_report(query: FunnelQuery, run: Callable) -> FunnelReport:
             )
         else:
             reaches = reaches.filter(period.q("reached_at"))
-        for row in reaches.values("_g", "position").annotate(n=Count("pk")):
+        for row in reaches.values("_g", "position").annotate(n=Count("*")):
             counts[(row["_g"],)][row["position"]] = row["n"]
             if query.group_by:
                 total = counts[(TOTAL,)]

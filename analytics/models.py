@@ -28,7 +28,12 @@ class StageReach(models.Model):
             models.UniqueConstraint(fields=["deal", "position"], name="stagereach_once"),
         ]
         indexes = [
-            models.Index(fields=["funnel", "reached_at"], name="stagereach_calendar_idx"),
+            # Covering (PostgreSQL): calendar step counts read the index alone.
+            models.Index(
+                fields=["funnel", "reached_at"],
+                include=["position"],
+                name="stagereach_calendar_idx",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -63,7 +68,11 @@ class StageTime(models.Model):
             models.UniqueConstraint(fields=["deal", "stage"], name="stagetime_once"),
         ]
         indexes = [
-            models.Index(fields=["funnel", "last_left_at"], name="stagetime_calendar_idx"),
+            models.Index(
+                fields=["funnel", "last_left_at"],
+                include=["stage", "seconds", "visit_started_at", "owner"],
+                name="stagetime_calendar_idx",
+            ),
             # Covering (PostgreSQL): cohort time-in-stage is read from the index alone.
             models.Index(
                 fields=["funnel", "entered_at"],
