@@ -121,22 +121,7 @@ class Deal(models.Model):
             models.Index(fields=["funnel", "status", "stage"], name="deal_board_idx"),
             models.Index(fields=["owner", "status"], name="deal_owner_status_idx"),
             models.Index(fields=["status", "next_contact_at"], name="deal_postponed_due_idx"),
-            # Covering (PostgreSQL): the cohort cube of analytics/engine.py reads the index alone.
-            models.Index(
-                fields=["funnel", "created_at"],
-                include=[
-                    "reached_position",
-                    "status",
-                    "stage",
-                    "loss_reason",
-                    "is_repeat_client",
-                    "closed_at",
-                    "first_response_at",
-                    "amount",
-                    "owner",
-                ],
-                name="deal_funnel_entered_idx",
-            ),
+            models.Index(fields=["funnel", "created_at"], name="deal_funnel_entered_idx"),
             models.Index(fields=["funnel", "closed_at"], name="deal_funnel_closed_idx"),
             models.Index(fields=["contact", "status", "closed_at"], name="deal_contact_won_idx"),
         ]
