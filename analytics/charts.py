@@ -496,3 +496,214 @@ def projection_table(figures: FunnelFigures, projection: Projection, currency: s
         ]
     )
     return Table(header=header, rows=rows)
+
+
+# ------------------------------------------------------------ managers: response, won, losses
+
+
+def response_table(report: FunnelReport) -> Table:
+    """Per manager: median first response, the share answered within the funnel's
+    target (marked ▼ when the median itself misses the target), won count and amount."""
+    header = [
+        _("Manager"),
+        _("Median response"),
+        _("Within target, %"),
+        _("Won"),
+        _("Won amount"),
+    ]
+    target = report.totals.response.target_seconds
+    rows = []
+    for group in report.groups:
+        figures = group.figures
+        response = figures.response
+        slow = bool(target) and response.median is not None and response.median > target
+        rows.append(
+            [
+                Cell(group.label, group.key or ""),
+                Cell(
+                    human_duration(response.median) + (" ▼" if slow else ""),
+                    _csv_seconds(response.median),
+                    css_class="below-target" if slow else "",
+                    title=_("Slower than the target of %(target)s")
+                    % {"target": human_duration(target)}
+                    if slow
+                    else "",
+                ),
+                Cell(
+                    percent(response.within_target_share),
+                    _csv_percent(response.within_target_share),
+                    style=_heat(response.within_target_share),
+                ),
+                Cell(count(figures.won.count), figures.won.count),
+                Cell(money(figures.won.amount, report.currency), figures.won.amount),
+            ]
+        )
+    return Table(header=header, rows=rows)
+
+
+def response_figure(report: FunnelReport) -> go.Figure:
+    """Median response per manager in minutes (bars) against the target (dashed line)."""
+    target = report.totals.response.target_seconds
+    labels = [group.label for group in report.groups]
+    medians = [
+        None if g.figures.response.median is None else round(g.figures.response.median / 60, 1)
+        for g in report.groups
+    ]
+    colours = [
+        VERMILLION if target and value is not None and value * 60 > target else BLUE
+        for value in medians
+    ]
+    figure = go.Figure()
+    figure.add_bar(
+        name=_("Median response, min"),
+        x=labels,
+        y=medians,
+        marker_color=colours,
+        hovertemplate="%{x}: %{y}<extra></extra>",
+    )
+    if target:
+        figure.add_scatter(
+            name=_("Target, min"),
+            x=labels,
+            y=[round(target / 60, 1)] * len(labels),
+            mode="lines",
+            line={"color": BLACK, "dash": "dash", "width": 2},
+        )
+    return _layout(
+        figure,
+        _("Response time by manager"),
+        yaxis={"title": {"text": _("Median response, min")}, "rangemode": "tozero"},
+        xaxis={"type": "category"},
+        height=320,
+    )
+
+
+def loss_reasons_by_manager_table(report: FunnelReport) -> Table:
+    """Manager × loss reason: deals lost, summed over the stages, most frequent reason first."""
+    per_group: list[dict[str, int]] = []
+    totals: dict[str, int] = {}
+    for group in report.groups:
+        lost: dict[str, int] = {}
+        for step in group.figures.steps:
+            for reason, n in step.lost_by_reason.items():
+                lost[reason] = lost.get(reason, 0) + n
+                totals[reason] = totals.get(reason, 0) + n
+        per_group.append(lost)
+    reasons = sorted(totals, key=lambda reason: (-totals[reason], reason))
+    header = [_("Manager"), *(reason or _("No reason") for reason in reasons), _("Total")]
+    rows = []
+    for group, lost in zip(report.groups, per_group, strict=True):
+        if not lost:
+            continue
+        rows.append(
+            [
+                Cell(group.label, group.key or ""),
+                *(Cell(count(lost.get(reason, 0)), lost.get(reason, 0)) for reason in reasons),
+                Cell(count(sum(lost.values())), sum(lost.values())),
+            ]
+        )
+    return Table(header=header, rows=rows)
+
+
+# ------------------------------------------------------------ time
+
+
+def time_table(figures: FunnelFigures) -> Table:
+    """Median and p90 time in each stage, then the funnel's length to won and to lost."""
+    header = [_("Stage"), _("Median"), _("P90"), _("Deals measured")]
+
+    def row(name: str, times: Durations) -> list[Cell]:
+        return [
+            Cell(name),
+            Cell(human_duration(times.median), _csv_seconds(times.median)),
+            Cell(human_duration(times.p90), _csv_seconds(times.p90)),
+            Cell(count(times.count), times.count),
+        ]
+
+    rows = [
+        row(step.name, step.time_in_stage or Durations())
+        for step in figures.steps
+        if step.stage_id is not None
+    ]
+    rows.append(row(_("Funnel length to won"), figures.length_to_won))
+    rows.append(row(_("Funnel length to lost"), figures.length_to_lost))
+    return Table(header=header, rows=rows)
+
+
+def _hours(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds / 3600, 1)
+
+
+def time_figure(figures: FunnelFigures) -> go.Figure:
+    """Median time per stage and to won / lost (bars, hours), the p90 as an error bar above."""
+    names, medians, spreads = [], [], []
+    rows = [
+        (step.name, step.time_in_stage or Durations())
+        for step in figures.steps
+        if step.stage_id is not None
+    ]
+    rows += [
+        (_("To won"), figures.length_to_won),
+        (_("To lost"), figures.length_to_lost),
+    ]
+    for name, times in rows:
+        names.append(wrap(name, 11))
+        medians.append(_hours(times.median))
+        spreads.append(
+            None
+            if times.median is None or times.p90 is None
+            else round(_hours(times.p90) - _hours(times.median), 1)
+        )
+    colours = [BLUE] * (len(rows) - 2) + [GREEN, VERMILLION]
+    figure = go.Figure()
+    figure.add_bar(
+        name=_("Median, h"),
+        x=names,
+        y=medians,
+        marker_color=colours,
+        error_y={
+            "type": "data",
+            "symmetric": False,
+            "array": spreads,
+            "arrayminus": [0] * len(spreads),
+            "color": BLACK,
+        },
+        hovertemplate="%{x}: %{y} h<extra></extra>",
+    )
+    return _layout(
+        figure,
+        _("Time in stage and funnel length (median; whisker to p90)"),
+        yaxis={"title": {"text": _("Hours")}, "rangemode": "tozero"},
+        xaxis={"tickangle": 0, "type": "category"},
+        height=360,
+    )
+
+
+# ------------------------------------------------------------ slices
+
+
+def slice_figure(report: FunnelReport, title: str) -> go.Figure:
+    """One bar per slice value at each step: conversion from the first step, %."""
+    steps = report.totals.steps[1:]
+    names = [wrap(step.name, 11) for step in steps]
+    figure = go.Figure()
+    for index, group in enumerate(report.groups):
+        label = group.label or _("Not set")
+        figure.add_bar(
+            name=label,
+            x=names,
+            y=[
+                None if s.conversion_from_first is None else round(s.conversion_from_first * 100, 1)
+                for s in group.figures.steps[1:]
+            ],
+            marker_color=OKABE_ITO[index % len(OKABE_ITO)],
+            hovertemplate="%{x}: %{y} %<extra>" + label + "</extra>",
+        )
+    return _layout(
+        figure,
+        title,
+        barmode="group",
+        yaxis={"title": {"text": _("From first, %")}, "rangemode": "tozero"},
+        xaxis={"tickangle": 0, "type": "category"},
+        height=320,
+    )

@@ -12,6 +12,7 @@ so no figure of anyone else's deal is ever computed for him.
 
 import csv
 import datetime
+import io
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -22,7 +23,9 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.text import slugify
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy as _lazy
 from django.views.decorators.http import require_GET, require_POST
+from openpyxl import Workbook
 
 from accounts.models import User
 from analytics import charts
@@ -41,6 +44,15 @@ from analytics.types import FunnelFigures, FunnelReport, Mode
 from deals.selectors import deals_visible_to
 
 STUCK_LIMIT = 50
+XLSX_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+# The slices panel: one grouped report per field, computed only when the panel is opened.
+SLICE_FIELDS = (
+    ("source", _lazy("Source")),
+    ("product", _lazy("Product")),
+    ("region", _lazy("Region")),
+    ("client_type", _lazy("Client type")),
+    ("temperature", _lazy("Temperature")),
+)
 
 
 def _report(query) -> tuple[FunnelReport | None, FunnelSnapshot | None]:
@@ -96,9 +108,9 @@ def _bottlenecks(totals: FunnelFigures, previous: FunnelFigures | None) -> list[
     return [charts.bottleneck_sentence(bottleneck) for bottleneck in found]
 
 
-def _csv(report: FunnelReport, form: DashboardForm) -> HttpResponse:
+def _export_name(report: FunnelReport, form: DashboardForm) -> str:
     data = form.cleaned_data
-    name = "-".join(
+    return "-".join(
         [
             "funnel",
             slugify(report.funnel) or str(data["funnel"].pk),
@@ -107,10 +119,47 @@ def _csv(report: FunnelReport, form: DashboardForm) -> HttpResponse:
             data["mode"],
         ]
     )
+
+
+def _csv(report: FunnelReport, form: DashboardForm) -> HttpResponse:
+    name = _export_name(report, form)
     response = HttpResponse(content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{name}.csv"'
     csv.writer(response).writerows(charts.conversion_table(report.totals).csv_rows())
     return response
+
+
+def _xlsx(report: FunnelReport, form: DashboardForm) -> HttpResponse:
+    """The conversion table as a workbook: the CSV's columns and values, numbers as numbers."""
+    workbook = Workbook()
+    sheet = workbook.active
+    sheet.title = _("Conversion by step")[:31]
+    for row in charts.conversion_table(report.totals).csv_rows():
+        sheet.append([None if value == "" else value for value in row])
+    buffer = io.BytesIO()
+    workbook.save(buffer)
+    response = HttpResponse(buffer.getvalue(), content_type=XLSX_TYPE)
+    response["Content-Disposition"] = f'attachment; filename="{_export_name(report, form)}.xlsx"'
+    return response
+
+
+def _slices(form: DashboardForm) -> list[dict]:
+    """The funnel split by each slice field: a figure, or None while its snapshot is computed."""
+    slices = []
+    for field, label in SLICE_FIELDS:
+        report, _snapshot = _report(form.query(group_by=field))
+        slices.append(
+            {
+                "field": field,
+                "label": label,
+                "chart": f"slice-{field}",
+                "figure": None
+                if report is None or not report.groups
+                else charts.figure_json(charts.slice_figure(report, str(label))),
+                "pending": report is None,
+            }
+        )
+    return slices
 
 
 @login_required
@@ -125,8 +174,11 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         return render(request, "analytics/dashboard.html", {"form": form}, status=400)
 
     report, snapshot = _report(form.query(group_by="owner"))
-    if request.GET.get("export") == "csv" and report is not None:
+    export = request.GET.get("export")
+    if export == "csv" and report is not None:
         return _csv(report, form)
+    if export == "xlsx" and report is not None:
+        return _xlsx(report, form)
 
     context = {
         "form": form,
@@ -156,13 +208,25 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             "funnel": charts.figure_json(charts.funnel_figure(totals)),
             "loss": charts.figure_json(charts.loss_figure(totals)),
             "trend": charts.figure_json(charts.trend_figure(trend)),
+            "time": charts.figure_json(charts.time_figure(totals)),
         }
         if report.groups:
             chart_data["managers"] = charts.figure_json(charts.managers_figure(report))
+            chart_data["response"] = charts.figure_json(charts.response_figure(report))
+        slices = None
+        if request.GET.get("slices") == "1":
+            slices = _slices(form)
+            chart_data.update({s["chart"]: s["figure"] for s in slices if s["figure"]})
         context.update(
             totals=totals,
             conversion_table=charts.conversion_table(totals),
             managers_table=charts.managers_table(report),
+            response_table=charts.response_table(report),
+            response_target=charts.human_duration(totals.response.target_seconds),
+            loss_managers_table=charts.loss_reasons_by_manager_table(report),
+            time_table=charts.time_table(totals),
+            slices=slices,
+            slices_query=_with(request.GET, slices="1"),
             below_target=[s for s in totals.steps if charts.below_target(s)],
             bottlenecks=_bottlenecks(totals, _previous_period(form)),
             stuck=_stuck(form, user),
@@ -170,6 +234,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             whatif_form=whatif_form,
             projection=projection and charts.projection_table(totals, projection, report.currency),
             csv_query=_with(request.GET, export="csv"),
+            xlsx_query=_with(request.GET, export="xlsx"),
             keep_params=[
                 (key, value)
                 for key, values in request.GET.lists()

@@ -28,8 +28,19 @@
     update();
   }
 
+  // The slices are computed on demand: opening the panel follows its GET link.
+  function loadSlicesOnOpen() {
+    var link = document.getElementById("slices-link");
+    var details = link && link.closest("details");
+    if (!details) return;
+    details.addEventListener("toggle", function () {
+      if (details.open) window.location.href = link.href;
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     toggleCustomDates();
+    loadSlicesOnOpen();
     drawCharts();
   });
 })();

@@ -11,6 +11,7 @@ from datetime import timedelta
 from decimal import Decimal
 from html.parser import HTMLParser
 
+import openpyxl
 import pytest
 from django.test import Client
 from django.urls import reverse
@@ -32,6 +33,7 @@ from analytics.stats import (
 )
 from analytics.types import FunnelQuery, Mode
 from deals.bulk import DealPlan, deals_bulk_load
+from deals.models import Deal
 from tests import factories
 from tests.story import DealStory
 
@@ -310,6 +312,217 @@ def test_managers_table_and_stuck_deals(client, head, b2b, story):
     stuck = table(response, "stuck-table")
     assert [row[:3] for row in stuck[1:]] == [["Stuck", "S1", "Masha"]]
     assert f'href="/deals/{story["d3"].pk}/"' in response.content.decode()
+
+
+def responds(deal, seconds: int) -> None:
+    Deal.objects.filter(pk=deal.pk).update(
+        first_response_at=deal.created_at + timedelta(seconds=seconds)
+    )
+
+
+@pytest.mark.django_db
+def test_response_time_and_won_per_manager_against_the_target(
+    client, head, b2b, story, monkeypatch
+):
+    # Target: 2 min. masha answers in 1 and 5 min (median 3 min, half in time);
+    # petya in 30 s and 1.5 min (median 1 min, all in time).
+    assert b2b.target_response_minutes == 2
+    for name, seconds in (("d1", 60), ("d2", 300), ("d4", 30), ("d5", 90)):
+        responds(story[name], seconds)
+    expected = report(b2b, group_by="owner", filters={"owner": ["head", "masha", "petya"]})
+    assert [(g.key, g.figures.response.median) for g in expected.groups] == [
+        ("masha", 180),
+        ("petya", 60),
+    ]
+
+    from analytics import views
+
+    asked = []
+    real = views.report_or_snapshot
+
+    def spy(query):
+        asked.append(query.group_by)
+        return real(query)
+
+    monkeypatch.setattr(views, "report_or_snapshot", spy)
+    response = get(client, head, funnel=b2b.pk, **MARCH)
+
+    assert table(response, "response-table") == [
+        ["Manager", "Median response", "Within target, %", "Won", "Won amount"],
+        ["Masha", "3 min ▼", "50.0 %", "1", "1,000 RUB"],
+        ["Petya", "1 min", "100.0 %", "1", "500 RUB"],
+    ]
+    content = response.content.decode()
+    assert "against the funnel's target of 2 min." in content
+    figure = charts(response)["response"]
+    assert [(trace["name"], trace["y"]) for trace in figure["data"]] == [
+        ("Median response, min", [3.0, 1.0]),
+        ("Target, min", [2.0, 2.0]),
+    ]
+    assert figure["data"][0]["marker"]["color"] == ["#D55E00", "#0072B2"]
+    # Made from the by-owner report the page computes anyway: no extra report.
+    assert asked.count("owner") == 1
+    assert set(asked) == {"owner", None}
+
+
+@pytest.mark.django_db
+def test_loss_reasons_by_manager(client, head, b2b, story):
+    response = get(client, head, funnel=b2b.pk, **MARCH)
+
+    assert table(response, "loss-managers-table") == [
+        ["Manager", "Changed their mind", "Spam", "Total"],
+        ["Masha", "0", "1", "1"],
+        ["Petya", "1", "0", "1"],
+    ]
+
+
+@pytest.mark.django_db
+def test_loss_reasons_by_manager_without_losses(client, head, b2b, story):
+    response = get(
+        client, head, funnel=b2b.pk, period="custom", date_from="2025-04-01", date_to="2025-04-30"
+    )
+
+    assert 'id="loss-managers-table"' not in response.content.decode()
+
+
+@pytest.mark.django_db
+def test_time_in_stage_and_funnel_length(client, head, b2b, story):
+    expected = report(b2b, filters={"owner": ["head", "masha", "petya"]}).totals
+    # d1 won after 4 steps of an hour, d4 after 3: median 3.5 h; lost after 1 h and 2 h.
+    assert (expected.length_to_won.median, expected.length_to_lost.median) == (12600, 5400)
+
+    response = get(client, head, funnel=b2b.pk, **MARCH)
+
+    assert table(response, "time-table") == [
+        ["Stage", "Median", "P90", "Deals measured"],
+        ["S1", "1 h 0 min", "1 h 0 min", "5"],
+        ["S2", "1 h 0 min", "1 h 0 min", "3"],
+        ["S3", "1 h 0 min", "1 h 0 min", "2"],
+        ["S4", "1 h 0 min", "1 h 0 min", "1"],
+        ["Funnel length to won", "3 h 30 min", "3 h 54 min", "2"],
+        ["Funnel length to lost", "1 h 30 min", "1 h 54 min", "2"],
+    ]
+    bars = charts(response)["time"]["data"][0]
+    assert bars["x"] == ["S1", "S2", "S3", "S4", "To won", "To lost"]
+    assert bars["y"] == [1.0, 1.0, 1.0, 1.0, 3.5, 1.5]
+    # The whisker reaches the p90: 3.9 h to won, 1.9 h to lost.
+    assert bars["error_y"]["array"] == [0.0, 0.0, 0.0, 0.0, 0.4, 0.4]
+    assert bars["error_y"]["arrayminus"] == [0, 0, 0, 0, 0, 0]
+
+
+SLICES = ["source", "product", "region", "client_type", "temperature"]
+
+
+@pytest.mark.django_db
+def test_slices_are_computed_only_when_the_panel_is_opened(client, head, b2b, story, monkeypatch):
+    from analytics import views
+
+    asked = []
+    real = views.report_or_snapshot
+
+    def spy(query):
+        asked.append(query.group_by)
+        return real(query)
+
+    monkeypatch.setattr(views, "report_or_snapshot", spy)
+    closed = get(client, head, funnel=b2b.pk, **MARCH)
+    assert not set(SLICES) & set(asked)
+    assert not any(key.startswith("slice-") for key in charts(closed))
+    assert 'id="slices-link"' in closed.content.decode()
+    assert "slices=1" in closed.content.decode()
+
+    asked.clear()
+    opened = get(client, head, funnel=b2b.pk, slices="1", **MARCH)
+
+    assert [group_by for group_by in asked if group_by in SLICES] == SLICES
+    content = opened.content.decode()
+    assert 'id="slices-link"' not in content
+    assert "<details open>" in content
+    figures = charts(opened)
+    assert [key for key in figures if key.startswith("slice-")] == [f"slice-{f}" for f in SLICES]
+    by_source = figures["slice-source"]
+    assert by_source["layout"]["title"]["text"] == "Source"
+    assert by_source["layout"]["barmode"] == "group"
+    assert [(trace["name"], trace["x"], trace["y"]) for trace in by_source["data"]] == [
+        ("ads", ["S2", "S3", "S4", "Won"], [0.0, 0.0, 0.0, 0.0]),
+        ("Not set", ["S2", "S3", "S4", "Won"], [80.0, 40.0, 40.0, 40.0]),
+    ]
+    expected = report(b2b, group_by="source", filters={"owner": ["head", "masha", "petya"]}).groups
+    assert [
+        [round(s.conversion_from_first * 100, 1) for s in g.figures.steps[1:]] for g in expected
+    ] == [trace["y"] for trace in by_source["data"]]
+    assert [trace["name"] for trace in figures["slice-client_type"]["data"]] == ["First sale"]
+
+
+@pytest.mark.django_db
+def test_slices_of_a_large_funnel_show_that_they_are_being_computed(
+    client, head, b2b, story, monkeypatch
+):
+    from analytics import views
+
+    real = views.report_or_snapshot
+
+    def queued(query):
+        if query.group_by in SLICES:
+            return None, None
+        return real(query)
+
+    monkeypatch.setattr(views, "report_or_snapshot", queued)
+    response = get(client, head, funnel=b2b.pk, slices="1", **MARCH)
+
+    assert response.status_code == 200
+    assert response.content.decode().count("being computed; reload in a moment.") == 5
+    assert not any(key.startswith("slice-") for key in charts(response))
+
+
+@pytest.mark.django_db
+def test_xlsx_export_of_the_conversion_table(client, head, b2b, story):
+    as_csv = get(client, head, funnel=b2b.pk, export="csv", **MARCH)
+    response = get(client, head, funnel=b2b.pk, export="xlsx", **MARCH)
+
+    assert response.status_code == 200
+    assert response["Content-Type"] == (
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+    )
+    assert response["Content-Disposition"] == (
+        'attachment; filename="funnel-b2b-2025-03-01-2025-03-31-cohort.xlsx"'
+    )
+    sheet = openpyxl.load_workbook(io.BytesIO(response.content)).active
+    rows = [list(row) for row in sheet.iter_rows(values_only=True)]
+    assert rows == [
+        [
+            "Step",
+            "Count",
+            "Step conversion, %",
+            "From first, %",
+            "Drop-off",
+            "Drop-off, %",
+            "Target, %",
+            "Lost",
+            "Lost by reason",
+            "Open",
+            "Median time in stage, s",
+            "P90 time in stage, s",
+        ],
+        ["S1", 6, None, 100.0, None, None, None, 1, "Changed their mind: 1", 1, 3600, 3600],
+        ["S2", 4, 66.7, 66.7, 2, 33.3, 80.0, 1, "Spam: 1", 1, 3600, 3600],
+        ["S3", 2, 50.0, 33.3, 2, 50.0, None, 0, None, 0, 3600, 3600],
+        ["S4", 2, 100.0, 33.3, 0, 0.0, None, 0, None, 0, 3600, 3600],
+        ["Won", 2, 100.0, 33.3, 0, 0.0, None, 0, None, 0, None, None],
+    ]
+
+    # The same columns and values as the CSV.
+    def plain(value):
+        if value in (None, ""):
+            return ""
+        try:
+            return float(value)
+        except ValueError:
+            return value
+
+    csv_rows = csv.reader(io.StringIO(as_csv.content.decode()))
+    assert [[plain(v) for v in row] for row in rows] == [[plain(v) for v in r] for r in csv_rows]
+    assert "export=xlsx" in get(client, head, funnel=b2b.pk, **MARCH).content.decode()
 
 
 @pytest.mark.django_db
@@ -764,3 +977,28 @@ def test_bottleneck_sentences_in_english_and_russian():
             "Offer → Invoice: конверсия упала с 69,0 % до 41,0 % за этот период, ниже цели 50,0 %",
             "Lead → Offer: конверсия 50,0 %, ниже цели 60,0 %",
         ]
+
+
+@pytest.mark.django_db
+def test_new_panels_in_russian(head, b2b, story):
+    client = Client(headers={"accept-language": "ru"})
+    client.force_login(head)
+    response = client.get(URL, {"funnel": b2b.pk, "slices": "1", **MARCH})
+
+    content = response.content.decode()
+    for text in (
+        "Менеджеры: время ответа и выигранные сделки",
+        "в сравнении с целью воронки — 2 мин.",
+        "Причины отказов по менеджерам",
+        "Срезы",
+        "Длина воронки до выигрыша",
+        "XLSX",
+    ):
+        assert text in content, text
+    assert table(response, "response-table")[0][:3] == [
+        "Менеджер",
+        "Медиана ответа",
+        "В пределах цели, %",
+    ]
+    assert charts(response)["slice-source"]["layout"]["title"]["text"] == "Источник"
+    assert charts(response)["time"]["data"][0]["x"][-2:] == ["До выигрыша", "До<br>проигрыша"]
