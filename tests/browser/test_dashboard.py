@@ -88,7 +88,7 @@ def test_a_head_sees_the_engine_figures_switches_to_calendar_and_exports_csv(
     expect(page.locator(".calendar-warning")).to_contain_text("Calendar mode mixes cohorts")
     assert table_counts(page) == engine_counts(b2b, team, Mode.CALENDAR)
 
-    link = page.locator(".panel-table a[download]")
+    link = page.locator(".panel-table a[download][href*='export=csv']")
     with page.expect_download() as download_info:
         link.click()
     download = download_info.value
