@@ -408,8 +408,8 @@ def _funnel_report(query: FunnelQuery, run: Callable) -> FunnelReport:
         counts: dict[tuple, dict] = defaultdict(dict)
         reaches = _scoped(StageReach.objects.filter(funnel_id=funnel.pk), query, "deal__")
         if cohort:
-            reaches = reaches.filter(period.q("deal__created_at")).filter(
-                reached_at__lt=F("deal__created_at") + window
+            reaches = reaches.filter(period.q("entered_at")).filter(
+                reached_at__lt=F("entered_at") + window
             )
         else:
             reaches = reaches.filter(period.q("reached_at"))

@@ -33,7 +33,13 @@ def _reach(deal: Deal, up_to: int, at: datetime.datetime, *, first: bool = False
     if up_to < start:
         return
     StageReach.objects.bulk_create(
-        StageReach(deal=deal, funnel_id=deal.funnel_id, position=position, reached_at=at)
+        StageReach(
+            deal=deal,
+            funnel_id=deal.funnel_id,
+            entered_at=deal.created_at,
+            position=position,
+            reached_at=at,
+        )
         for position in range(start, up_to + 1)
     )
     deal.reached_position = up_to
@@ -273,9 +279,11 @@ class Replay:
             if value == DealStatus.WON:
                 self.reach(last_position, at)
 
-    def reach_rows(self, deal_id: int, funnel_id: int) -> list[tuple]:
+    def reach_rows(
+        self, deal_id: int, funnel_id: int, entered_at: datetime.datetime
+    ) -> list[tuple]:
         """Rows for ``insert_rows(StageReach, REACH_COLUMNS, ...)``."""
-        return [(deal_id, funnel_id, position, at) for position, at in self.reaches]
+        return [(deal_id, funnel_id, entered_at, position, at) for position, at in self.reaches]
 
     def time_rows(
         self, deal_id: int, funnel_id: int, owner_id: int | None, entered_at: datetime.datetime
@@ -287,7 +295,7 @@ class Replay:
         ]
 
 
-REACH_COLUMNS = ("deal", "funnel", "position", "reached_at")
+REACH_COLUMNS = ("deal", "funnel", "entered_at", "position", "reached_at")
 TIME_COLUMNS = (
     "deal",
     "funnel",
@@ -337,7 +345,7 @@ def facts_rebuild(
             funnel_id = funnel_of[deal_id]
             replay = Replay()
             replay.play(events.get(deal_id, []), positions, last_positions[funnel_id])
-            reaches += replay.reach_rows(deal_id, funnel_id)
+            reaches += replay.reach_rows(deal_id, funnel_id, entered_of[deal_id])
             times += replay.time_rows(deal_id, funnel_id, owner_of[deal_id], entered_of[deal_id])
             updates.append((max(replay.reached, 0), responses.get(deal_id), deal_id))
         insert_rows(StageReach, REACH_COLUMNS, reaches)
@@ -355,17 +363,21 @@ def record_stage_added(stage: Stage) -> None:
     """Won deals have reached every stage, a stage added later included."""
     won = list(
         Deal.objects.filter(funnel_id=stage.funnel_id, status=DealStatus.WON).values_list(
-            "pk", "closed_at"
+            "pk", "closed_at", "created_at"
         )
     )
     StageReach.objects.bulk_create(
         (
             StageReach(
-                deal_id=pk, funnel_id=stage.funnel_id, position=stage.position, reached_at=at
+                deal_id=pk,
+                funnel_id=stage.funnel_id,
+                entered_at=entered_at,
+                position=stage.position,
+                reached_at=at,
             )
-            for pk, at in won
+            for pk, at, entered_at in won
         ),
         batch_size=5000,
         ignore_conflicts=True,
     )
-    Deal.objects.filter(pk__in=[pk for pk, _ in won]).update(reached_position=stage.position)
+    Deal.objects.filter(pk__in=[pk for pk, _, _ in won]).update(reached_position=stage.position)

@@ -18,6 +18,8 @@ class StageReach(models.Model):
 
     deal = models.ForeignKey("deals.Deal", on_delete=models.CASCADE, related_name="reaches")
     funnel = models.ForeignKey("funnels.Funnel", on_delete=models.CASCADE, related_name="+")
+    # The deal's entry into the funnel (its created_at), so cohort windows need no join.
+    entered_at = models.DateTimeField()
     position = models.PositiveIntegerField()
     reached_at = models.DateTimeField()
 
@@ -33,6 +35,11 @@ class StageReach(models.Model):
                 fields=["funnel", "reached_at"],
                 include=["position"],
                 name="stagereach_calendar_idx",
+            ),
+            models.Index(
+                fields=["funnel", "entered_at"],
+                include=["position", "reached_at"],
+                name="stagereach_cohort_idx",
             ),
         ]
 

@@ -196,7 +196,7 @@ def deals_bulk_load(*, funnel: Funnel, plans: list[DealPlan], batch_size: int = 
             ):
                 stage_changes += [(deal_id, *row) for row in stage_rows]
                 status_changes += [(deal_id, *row) for row in status_rows]
-                reaches += replay.reach_rows(deal_id, funnel.pk)
+                reaches += replay.reach_rows(deal_id, funnel.pk, plan.created_at)
                 times += replay.time_rows(deal_id, funnel.pk, plan.owner_id, plan.created_at)
             insert_rows(StageChange, STAGE_CHANGE_COLUMNS, stage_changes)
             insert_rows(StatusChange, STATUS_CHANGE_COLUMNS, status_changes)

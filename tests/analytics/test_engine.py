@@ -323,7 +323,9 @@ def test_summaries_kept_by_the_services_equal_the_ones_rebuilt_from_history(four
     DealStory(funnel).enters("S1").postponed_for(DAY).reopened().moves_to("S2")
 
     def snapshot():
-        reaches = sorted(StageReach.objects.values_list("deal_id", "position", "reached_at"))
+        reaches = sorted(
+            StageReach.objects.values_list("deal_id", "position", "reached_at", "entered_at")
+        )
         times = sorted(
             StageTime.objects.values_list(
                 "deal_id", "stage_id", "seconds", "visits", "visit_started_at", "last_left_at"
@@ -424,7 +426,9 @@ def test_bulk_loaded_summaries_equal_the_ones_rebuilt_from_history(four):
 
     def snapshot():
         return (
-            sorted(StageReach.objects.values_list("deal_id", "position", "reached_at")),
+            sorted(
+                StageReach.objects.values_list("deal_id", "position", "reached_at", "entered_at")
+            ),
             sorted(
                 StageTime.objects.values_list(
                     "deal_id",
