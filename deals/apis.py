@@ -8,7 +8,6 @@ integration key (no person) acts as the system within its funnel.
 import hashlib
 import json
 
-from django.db import IntegrityError
 from django.db.models import QuerySet
 from django.utils.translation import gettext as _
 from drf_spectacular.types import OpenApiTypes
@@ -30,7 +29,7 @@ from crm.api import (
     error_responses,
     flatten_errors,
 )
-from crm.errors import Conflict, Forbidden, InvalidInput, NotFound
+from crm.errors import Forbidden, InvalidInput, NotFound
 from deals import services
 from deals.intake import MAX_BATCH, IntakeClient, LeadData, lead_intake
 from deals.models import Deal, Note, StageChange, StatusChange, Task
@@ -330,25 +329,15 @@ class DealListApi(ApiView):
             stage = Stage.objects.filter(pk=data.pop("stage")).first()
             if stage is None:
                 raise InvalidInput(_("No such stage."), fields={"stage": _("No such stage.")})
-        external_id = data.pop("external_id", None) or None
-        conflict = Conflict(
-            _("The funnel already has a deal with the external id “%(id)s”.") % {"id": external_id},
-            fields={"external_id": _("Already taken in this funnel.")},
+        deal = services.deal_create(
+            actor=_actor(request),
+            funnel=funnel,
+            title=data.pop("title"),
+            stage=stage,
+            owner=_user(data.pop("owner", None), "owner"),
+            external_id=data.pop("external_id", None) or None,
+            values=data,
         )
-        if external_id and Deal.objects.filter(funnel=funnel, external_id=external_id).exists():
-            raise conflict
-        try:
-            deal = services.deal_create(
-                actor=_actor(request),
-                funnel=funnel,
-                title=data.pop("title"),
-                stage=stage,
-                owner=_user(data.pop("owner", None), "owner"),
-                external_id=external_id,
-                values=data,
-            )
-        except IntegrityError:  # the same external id, created a moment ago
-            raise conflict from None
         return _render(deal, status.HTTP_201_CREATED)
 
 

@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable
 from decimal import Decimal, InvalidOperation
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -403,11 +403,6 @@ def deal_create(
             _("%(user)s is deactivated and cannot own deals.") % {"user": owner},
             fields={"owner": _("Choose an active user.")},
         )
-    if external_id and Deal.objects.filter(funnel=funnel, external_id=external_id).exists():
-        raise Conflict(
-            _("The funnel already has a deal with the external id “%(id)s”.") % {"id": external_id},
-            fields={"external_id": _("Use another id, or update the existing deal.")},
-        )
     deal = Deal(
         funnel=funnel,
         stage=stage,
@@ -426,7 +421,19 @@ def deal_create(
         _("open the deal at “%(stage)s”") % {"stage": stage.name},
     )
     deal.reached_position = stage.position
-    deal.save()
+    taken = Conflict(
+        _("The funnel already has a deal with the external id “%(id)s”.") % {"id": external_id},
+        fields={"external_id": _("Use another id, or update the existing deal.")},
+    )
+    if external_id and Deal.objects.filter(funnel=funnel, external_id=external_id).exists():
+        raise taken
+    try:
+        with transaction.atomic():  # a savepoint: a concurrent twin fails only this insert
+            deal.save()
+    except IntegrityError:
+        if external_id and Deal.objects.filter(funnel=funnel, external_id=external_id).exists():
+            raise taken from None
+        raise
     StageChange.objects.create(deal=deal, from_stage=None, to_stage=stage, at=at, actor=actor)
     facts.record_created(deal, at)
     _create_stage_tasks(deal, stage, at)
