@@ -37,7 +37,7 @@ from deals.models import Contact, Deal, DealStatus, Temperature
 
 # The service's own rule for an email address, so that the import accepts the
 # same clients as the board does.
-from deals.services import _EMAIL_RE, normalize_email, normalize_phone
+from deals.services import EMAIL_RE, normalize_email, normalize_phone
 from funnels.models import DEFAULT_LOSS_REASONS, OTHER_LOSS_REASON, Funnel, LossReason
 from funnels.services import funnel_create, loss_reason_add
 
@@ -340,7 +340,7 @@ def _client(raw: str) -> _Client | None:
     if match and not detail:
         raise _Bad(_("client “%(value)s”: put an email or a phone inside <…>.") % {"value": raw})
     if "@" in detail:
-        if not _EMAIL_RE.match(detail) or len(detail) > 254:
+        if not EMAIL_RE.match(detail) or len(detail) > 254:
             raise _Bad(
                 _("client “%(value)s”: “%(email)s” is not an email address.")
                 % {

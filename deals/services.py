@@ -74,7 +74,7 @@ def normalize_email(email: str) -> str:
     return (email or "").strip().lower()
 
 
-_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
 def contact_find_or_create(
@@ -83,7 +83,7 @@ def contact_find_or_create(
     """The client with this phone or email, or a new one. Blank details are filled in."""
     phone_n, email_n = normalize_phone(phone), normalize_email(email)
     errors = {}
-    if email and not _EMAIL_RE.match(email.strip()):
+    if email and not EMAIL_RE.match(email.strip()):
         errors["contact_email"] = _("“%(value)s” is not an email address.") % {"value": email}
     if phone and not 7 <= len(phone_n) <= 15:
         errors["contact_phone"] = _("“%(value)s” is not a phone number.") % {"value": phone}
@@ -295,7 +295,7 @@ def _apply_values(deal: Deal, values: dict, *, at: datetime.datetime | None = No
 
 def _contact_update(contact: Contact, values: dict) -> None:
     errors = {}
-    if values.get("email") and not _EMAIL_RE.match(values["email"].strip()):
+    if values.get("email") and not EMAIL_RE.match(values["email"].strip()):
         errors["contact_email"] = _("“%(value)s” is not an email address.") % {
             "value": values["email"]
         }
