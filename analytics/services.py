@@ -122,8 +122,10 @@ def snapshot_compute(*, snapshot_id: int) -> FunnelSnapshot | None:
 def report_or_snapshot(query: FunnelQuery) -> tuple[FunnelReport | None, FunnelSnapshot | None]:
     """An ad-hoc report: computed right away when the population is small enough,
     otherwise queued as a snapshot to poll (a finished one is returned as is)."""
+    # Datetimes, not __date lookups, so the (funnel, created_at/closed_at) indexes serve it.
+    start = timezone.make_aware(datetime.datetime.combine(query.date_from, datetime.time.min))
     period_deals = Deal.objects.filter(funnel_id=query.funnel_id).filter(
-        Q(created_at__date__gte=query.date_from) | Q(closed_at__date__gte=query.date_from)
+        Q(created_at__gte=start) | Q(closed_at__gte=start)
     )
     if period_deals.count() <= DIRECT_REPORT_MAX_DEALS:
         return funnel_report(query), None
