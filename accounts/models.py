@@ -71,7 +71,9 @@ class ApiScope(models.TextChoices):
     DEALS_READ = "deals:read", _("Read deals")
     DEALS_WRITE = "deals:write", _("Change deals")
     FUNNELS_READ = "funnels:read", _("Read funnels")
+    FUNNELS_WRITE = "funnels:write", _("Change funnel settings")
     ANALYTICS_READ = "analytics:read", _("Read analytics")
+    WEBHOOKS_MANAGE = "webhooks:manage", _("Manage webhook subscriptions")
 
 
 class ApiKey(models.Model):

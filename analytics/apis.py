@@ -3,6 +3,12 @@ stored snapshots and their status, and a recompute action.
 
 Reports are for heads of sales and administrators (and integration keys with
 ``analytics:read``, within their funnel); a manager gets 403.
+
+A head of sales sees the figures the dashboard shows him: his own and his
+teams' deals (``analytics.selectors.dashboard_owners``). His report is narrowed
+by an ``owner`` filter (echoed in the report's ``query``), an owner outside his
+teams is 403, and so is a stored snapshot whose figures are not narrowed to his
+people (the funnel's standard snapshots: he polls their status in the list).
 """
 
 import datetime
@@ -18,6 +24,7 @@ from rest_framework.response import Response
 from accounts.authentication import request_api_key
 from accounts.models import ApiScope
 from analytics.models import FunnelSnapshot, SnapshotStatus
+from analytics.selectors import dashboard_owners
 from analytics.services import report_or_snapshot, snapshots_refresh
 from analytics.types import GROUP_FIELDS, FunnelQuery, Mode
 from crm.api import ApiView, error_responses
@@ -90,6 +97,46 @@ def _check_reader(request) -> None:
         raise Forbidden(_("Funnel reports are for heads of sales and administrators."))
 
 
+def _owner_scope(request) -> list[str] | None:
+    """Usernames whose deals the caller's figures may cover; None for everyone's
+    (administrators and integration keys). The dashboard's rule."""
+    user = request.user
+    if not user.is_authenticated:
+        return None
+    owners, owners_only = dashboard_owners(user)
+    return [owner.username for owner in owners] if owners_only else None
+
+
+def _scoped_filters(request, filters: dict[str, list[str]]) -> dict[str, list[str]]:
+    """``filters`` with the owner narrowed to the caller's people; 403 for anyone else."""
+    scope = _owner_scope(request)
+    if scope is None:
+        return filters
+    outside = sorted(set(filters.get("owner", [])) - set(scope))
+    if outside:
+        raise Forbidden(
+            _("You see the figures of your own teams only; not in them: %(owners)s.")
+            % {"owners": ", ".join(outside)},
+            fields={"filter": _("Choose among: %(owners)s.") % {"owners": ", ".join(scope)}},
+        )
+    return {**filters, "owner": filters.get("owner") or scope}
+
+
+def _check_snapshot_readable(request, snapshot: FunnelSnapshot) -> None:
+    """403 unless the snapshot's figures are all within the caller's people."""
+    scope = _owner_scope(request)
+    if scope is None:
+        return
+    owners = (snapshot.params.get("filters") or {}).get("owner") or []
+    if not owners or set(owners) - set(scope):
+        raise Forbidden(
+            _(
+                "This snapshot holds figures of people outside your teams. Poll its status "
+                "in the snapshot list, or ask for the report: it is narrowed to your teams."
+            )
+        )
+
+
 def _funnels(request) -> QuerySet[Funnel]:
     funnels = Funnel.objects.all()
     api_key = request_api_key(request)
@@ -114,7 +161,10 @@ class FunnelReportApi(ApiView):
         summary="The funnel report (METRICS.md), as `funnel_report --format json`",
         description=(
             "Computed at once for up to 300,000 deals (200); a larger report is queued as a "
-            "snapshot (202) to poll."
+            "snapshot (202) to poll.\n\n"
+            "A head of sales gets his own and his teams' figures only: without an `owner` "
+            "filter the report is narrowed to them (listed in `query.filters.owner`); an "
+            "owner outside his teams is 403."
         ),
         parameters=[FUNNEL_ID, ReportQueryInput],
         responses={
@@ -134,6 +184,7 @@ class FunnelReportApi(ApiView):
         for item in data["filter"]:
             field, _sep, value = item.partition("=")
             filters.setdefault(field, []).append(value)
+        filters = _scoped_filters(request, filters)
         query = FunnelQuery.build(
             funnel_id=funnel.pk,
             date_from=date_from,
@@ -203,6 +254,11 @@ class SnapshotDetailApi(ApiView):
 
     @extend_schema(
         operation_id="analytics_snapshots_retrieve",
+        summary="A snapshot with its result",
+        description=(
+            "A head of sales reads only snapshots narrowed to his own and his teams' "
+            "people (those his reports queue); any other is 403."
+        ),
         parameters=[OpenApiParameter("id", OpenApiTypes.INT, OpenApiParameter.PATH)],
         responses={200: SnapshotDetailOutput, **error_responses(404)},
     )
@@ -215,4 +271,5 @@ class SnapshotDetailApi(ApiView):
         )
         if snapshot is None:
             raise NotFound(_("Snapshot %(id)s does not exist.") % {"id": pk})
+        _check_snapshot_readable(request, snapshot)
         return Response(SnapshotDetailOutput(snapshot).data)

@@ -5,6 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from analytics import apis as analytics_apis
 from deals import apis as deals_apis
+from deals import webhook_apis
 from funnels import apis as funnels_apis
 
 v1 = [
@@ -22,6 +23,44 @@ v1 = [
     path("deals/<int:pk>/notes/", deals_apis.DealNotesApi.as_view(), name="deal-notes"),
     path("funnels/", funnels_apis.FunnelListApi.as_view(), name="funnels"),
     path("funnels/<int:pk>/", funnels_apis.FunnelDetailApi.as_view(), name="funnel"),
+    path("funnels/<int:pk>/stages/", funnels_apis.StageListApi.as_view(), name="funnel-stages"),
+    path(
+        "funnels/<int:pk>/stages/reorder/",
+        funnels_apis.StagesReorderApi.as_view(),
+        name="funnel-stages-reorder",
+    ),
+    path(
+        "funnels/<int:pk>/stages/<int:stage_id>/",
+        funnels_apis.StageDetailApi.as_view(),
+        name="funnel-stage",
+    ),
+    path(
+        "funnels/<int:pk>/loss-reasons/",
+        funnels_apis.LossReasonListApi.as_view(),
+        name="funnel-loss-reasons",
+    ),
+    path(
+        "funnels/<int:pk>/loss-reasons/<int:reason_id>/",
+        funnels_apis.LossReasonDetailApi.as_view(),
+        name="funnel-loss-reason",
+    ),
+    path(
+        "funnels/<int:pk>/custom-fields/",
+        funnels_apis.CustomFieldListApi.as_view(),
+        name="funnel-custom-fields",
+    ),
+    path(
+        "funnels/<int:pk>/custom-fields/<slug:key>/",
+        funnels_apis.CustomFieldDetailApi.as_view(),
+        name="funnel-custom-field",
+    ),
+    path("webhooks/", webhook_apis.WebhookListApi.as_view(), name="webhooks"),
+    path("webhooks/<int:pk>/", webhook_apis.WebhookDetailApi.as_view(), name="webhook"),
+    path(
+        "webhooks/<int:pk>/deliveries/",
+        webhook_apis.WebhookDeliveryListApi.as_view(),
+        name="webhook-deliveries",
+    ),
     path(
         "analytics/funnels/<int:pk>/report/",
         analytics_apis.FunnelReportApi.as_view(),

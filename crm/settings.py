@@ -194,6 +194,9 @@ SPECTACULAR_SETTINGS = {
         "DealStatusEnum": "deals.models.DealStatus",
         "SnapshotStatusEnum": "analytics.models.SnapshotStatus",
         "LeadStatusEnum": ["created", "attached", "rejected"],
+        "WebhookEventEnum": "deals.models.WebhookEvent",
+        "WebhookDeliveryStatusEnum": "deals.models.WebhookDeliveryStatus",
+        "CustomFieldTypeEnum": "funnels.models.CustomFieldType",
     },
 }
 

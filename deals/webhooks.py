@@ -11,6 +11,10 @@ the last one. A receiver sees at least once delivery: the same delivery may
 arrive twice (a worker killed after posting), so it carries
 ``X-Voronka-Delivery`` for the receiver to drop repeats.
 
+Subscriptions are managed by administrators (the admin, or the API through
+``webhook_subscription_create``/``_update``/``_delete``). The signing secret is
+made by the server and returned once, by ``webhook_subscription_create``.
+
 Settings (optional, with defaults): ``WEBHOOK_RETRY_BASE_SECONDS`` (2),
 ``WEBHOOK_MAX_ATTEMPTS`` (6), ``WEBHOOK_DISABLE_AFTER_FAILURES`` (10),
 ``WEBHOOK_TIMEOUT_SECONDS`` (5).
@@ -21,16 +25,22 @@ import hashlib
 import hmac
 import json
 import logging
+import secrets
 import urllib.error
 import urllib.request
 from urllib.parse import urlsplit
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.mail import mail_admins
+from django.core.validators import URLValidator
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
+from accounts.models import User
+from crm.errors import Forbidden, InvalidInput
 from deals.models import (
     Deal,
     WebhookDelivery,
@@ -38,6 +48,7 @@ from deals.models import (
     WebhookEvent,
     WebhookSubscription,
 )
+from funnels.models import Funnel
 
 logger = logging.getLogger(__name__)
 
@@ -238,3 +249,126 @@ def webhook_subscription_enable(*, subscription_id: int) -> None:
     WebhookSubscription.objects.filter(pk=subscription_id).update(
         is_active=True, failure_count=0, disabled_at=None
     )
+
+
+# ---------------------------------------------------------------- subscriptions
+
+SECRET_PREFIX = "whsec_"
+# What webhook_subscription_update may change; the secret and the failure count are the server's.
+SUBSCRIPTION_SETTINGS = ("url", "events", "funnel", "is_active")
+
+
+def webhooks_check_manager(actor: User | None) -> None:
+    """Raise ``Forbidden`` unless ``actor`` may see and change subscriptions:
+    an administrator, or the system (``None``: an integration key the API let through)."""
+    if actor is not None and not actor.is_admin_role:
+        raise Forbidden(_("Only an administrator can manage webhook subscriptions."))
+
+
+def _subscription_errors(*, url, events) -> dict[str, str]:
+    errors: dict[str, str] = {}
+    max_length = WebhookSubscription._meta.get_field("url").max_length
+    if not isinstance(url, str) or len(url) > max_length:
+        errors["url"] = _("Use an address of at most %(max)s characters.") % {"max": max_length}
+    else:
+        try:
+            URLValidator(schemes=["http", "https"])(url)
+        except ValidationError:
+            errors["url"] = _("Use an http:// or https:// address.")
+    if (
+        not isinstance(events, list)
+        or not events
+        or not all(isinstance(event, str) for event in events)
+        or set(events) - set(WebhookEvent.values)
+    ):
+        errors["events"] = _("List one or more of: %(events)s.") % {
+            "events": ", ".join(WebhookEvent.values)
+        }
+    return errors
+
+
+def _subscription_check(*, url, events) -> None:
+    errors = _subscription_errors(url=url, events=events)
+    if errors:
+        raise InvalidInput(
+            _("The webhook subscription has errors: fix the marked fields."), fields=errors
+        )
+
+
+@transaction.atomic
+def webhook_subscription_create(
+    *,
+    actor: User | None,
+    url: str,
+    events: list[str],
+    funnel: Funnel | None = None,
+    is_active: bool = True,
+) -> tuple[WebhookSubscription, str]:
+    """Subscribe ``url`` to ``events`` (of ``funnel``'s deals, or of every funnel).
+
+    The signing secret is made here; return the subscription and the secret,
+    which no read of the API shows again. Raises ``Forbidden`` (not an
+    administrator) or ``InvalidInput`` naming the bad fields.
+    """
+    webhooks_check_manager(actor)
+    url = url.strip() if isinstance(url, str) else url
+    _subscription_check(url=url, events=events)
+    secret = SECRET_PREFIX + secrets.token_urlsafe(32)
+    subscription = WebhookSubscription.objects.create(
+        url=url,
+        secret=secret,
+        events=list(dict.fromkeys(events)),
+        funnel=funnel,
+        is_active=is_active,
+        disabled_at=None if is_active else timezone.now(),
+    )
+    return subscription, secret
+
+
+@transaction.atomic
+def webhook_subscription_update(
+    *, actor: User | None, subscription: WebhookSubscription, **values
+) -> WebhookSubscription:
+    """Change any of ``SUBSCRIPTION_SETTINGS``; the row is locked meanwhile.
+
+    Turning a disabled subscription back on forgets its failures in a row, as
+    the admin's "enable" does; turning it off stamps ``disabled_at``, and its
+    pending deliveries fail when their turn comes. Raises ``Forbidden`` or
+    ``InvalidInput`` (nothing is saved).
+    """
+    webhooks_check_manager(actor)
+    unknown = set(values) - set(SUBSCRIPTION_SETTINGS)
+    if unknown:
+        raise InvalidInput(
+            _("Unknown subscription settings: %(names)s.") % {"names": ", ".join(sorted(unknown))}
+        )
+    subscription = WebhookSubscription.objects.select_for_update().get(pk=subscription.pk)
+    if isinstance(values.get("url"), str):
+        values["url"] = values["url"].strip()
+    _subscription_check(
+        url=values.get("url", subscription.url), events=values.get("events", subscription.events)
+    )
+    if "events" in values:
+        values["events"] = list(dict.fromkeys(values["events"]))
+    fields = set(values)
+    was_active = subscription.is_active
+    for name, value in values.items():
+        setattr(subscription, name, value)
+    if subscription.is_active and not was_active:
+        subscription.failure_count = 0
+        subscription.disabled_at = None
+        fields |= {"failure_count", "disabled_at"}
+    elif was_active and not subscription.is_active:
+        subscription.disabled_at = timezone.now()
+        fields.add("disabled_at")
+    if fields:
+        subscription.save(update_fields=sorted(fields))
+    return subscription
+
+
+@transaction.atomic
+def webhook_subscription_delete(*, actor: User | None, subscription: WebhookSubscription) -> None:
+    """Delete the subscription with its delivery log. Deliveries still queued are
+    dropped: their task finds no row."""
+    webhooks_check_manager(actor)
+    WebhookSubscription.objects.filter(pk=subscription.pk).delete()

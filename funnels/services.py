@@ -4,10 +4,13 @@ Changing a funnel's settings never rewrites deal history: stages that have
 deals are kept (rename and reorder only), loss reasons are retired, not deleted.
 """
 
+import copy
 import datetime
+import re
 from collections.abc import Iterable
 from decimal import Decimal, InvalidOperation
 
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Max
 from django.utils.translation import gettext as _
@@ -28,9 +31,48 @@ from funnels.models import (
 )
 
 
-def _check_can_configure(actor: User | None) -> None:
+def funnels_check_configurer(actor: User | None) -> None:
+    """Raise ``Forbidden`` unless ``actor`` may change funnel settings: an administrator,
+    a head of sales, or the system (``None``)."""
     if actor is not None and not (actor.is_admin_role or actor.is_head):
         raise Forbidden(_("Only an administrator or a head of sales can change funnel settings."))
+
+
+def _nested(error: InvalidInput, prefix: str) -> InvalidInput:
+    """The same error with its fields named under ``prefix`` (``stages.1.name``)."""
+    fields = {f"{prefix}.{name}": text for name, text in error.fields.items()}
+    return InvalidInput(error.message, fields=fields or {prefix: error.message})
+
+
+def _too_long(model, field: str, value: str) -> str | None:
+    """The error for a value longer than the column, or None."""
+    limit = model._meta.get_field(field).max_length
+    return _("Use at most %(max)s characters.") % {"max": limit} if len(value) > limit else None
+
+
+def _funnel_name_clean(name, *, funnel_id: int | None = None) -> str:
+    """The name stripped; raises ``InvalidInput`` if it is empty, too long or taken."""
+    name = (name or "").strip()
+    if not name:
+        raise InvalidInput(_("A funnel needs a name."), fields={"name": _("Enter a name.")})
+    if too_long := _too_long(Funnel, "name", name):
+        raise InvalidInput(_("The funnel's name is too long."), fields={"name": too_long})
+    if Funnel.objects.filter(name=name).exclude(pk=funnel_id).exists():
+        raise InvalidInput(
+            _("A funnel named “%(name)s” already exists.") % {"name": name},
+            fields={"name": _("Choose another name.")},
+        )
+    return name
+
+
+def _funnel_values_check(*, currency=None, target_response_minutes=None) -> None:
+    errors = {}
+    if currency is not None and not re.fullmatch(r"[A-Z]{3}", str(currency)):
+        errors["currency"] = _("Use a three-letter currency code, such as RUB.")
+    if target_response_minutes is not None and int(target_response_minutes) < 0:
+        errors["target_response_minutes"] = _("Enter a whole number of minutes, 0 or more.")
+    if errors:
+        raise InvalidInput(_("The funnel has errors: fix the marked fields."), fields=errors)
 
 
 @transaction.atomic
@@ -49,15 +91,9 @@ def funnel_create(
     ``rotting_days``, ``target_conversion``, ``required_fields``) plus
     ``tasks``: a list of ``(title, due_in_minutes)``.
     """
-    _check_can_configure(actor)
-    name = (name or "").strip()
-    if not name:
-        raise InvalidInput(_("A funnel needs a name."), fields={"name": _("Enter a name.")})
-    if Funnel.objects.filter(name=name).exists():
-        raise InvalidInput(
-            _("A funnel named “%(name)s” already exists.") % {"name": name},
-            fields={"name": _("Choose another name.")},
-        )
+    funnels_check_configurer(actor)
+    name = _funnel_name_clean(name)
+    _funnel_values_check(currency=currency, target_response_minutes=target_response_minutes)
     stage_specs = [{"name": s} if isinstance(s, str) else dict(s) for s in stages]
     if not stage_specs:
         raise InvalidInput(
@@ -67,8 +103,11 @@ def funnel_create(
         name=name, currency=currency, target_response_minutes=target_response_minutes
     )
     funnel.members.set(list(members))
-    for spec in stage_specs:
-        stage_add(actor=actor, funnel=funnel, **spec)
+    for index, spec in enumerate(stage_specs):
+        try:
+            stage_add(actor=actor, funnel=funnel, **spec)
+        except InvalidInput as error:
+            raise _nested(error, f"stages.{index}") from None
     for position, reason in enumerate(DEFAULT_LOSS_REASONS):
         LossReason.objects.create(funnel=funnel, name=str(reason), position=position)
     LossReason.objects.create(
@@ -80,14 +119,50 @@ def funnel_create(
     return funnel
 
 
+# What funnel_update may change; members are given apart.
+FUNNEL_SETTINGS = ("name", "is_active", "currency", "target_response_minutes")
+
+
+@transaction.atomic
+def funnel_update(
+    *, actor: User | None, funnel: Funnel, members: Iterable[User] | None = None, **values
+) -> Funnel:
+    """Change any of ``FUNNEL_SETTINGS`` and, when ``members`` is given, who works
+    the funnel. The funnel row is locked; nothing is saved if a value is invalid."""
+    funnels_check_configurer(actor)
+    unknown = set(values) - set(FUNNEL_SETTINGS)
+    if unknown:
+        raise InvalidInput(
+            _("Unknown funnel settings: %(names)s.") % {"names": ", ".join(sorted(unknown))}
+        )
+    funnel = Funnel.objects.select_for_update().get(pk=funnel.pk)
+    if "name" in values:
+        values["name"] = _funnel_name_clean(values["name"], funnel_id=funnel.pk)
+    _funnel_values_check(
+        currency=values.get("currency"),
+        target_response_minutes=values.get("target_response_minutes"),
+    )
+    for name, value in values.items():
+        setattr(funnel, name, value)
+    if values:
+        funnel.save(update_fields=list(values))
+    if members is not None:
+        funnel.members.set(list(members))
+    return funnel
+
+
 def _validate_stage_values(
-    funnel: Funnel, *, name, probability, target_conversion, required_fields
+    funnel: Funnel, *, name, probability, rotting_days, target_conversion, required_fields
 ) -> dict[str, str]:
     errors: dict[str, str] = {}
     if not (name or "").strip():
         errors["name"] = _("Enter a stage name.")
+    elif too_long := _too_long(Stage, "name", name.strip()):
+        errors["name"] = too_long
     if probability is not None and not (0 <= int(probability) <= 100):
         errors["probability"] = _("Probability is a percentage from 0 to 100.")
+    if rotting_days is not None and int(rotting_days) < 0:
+        errors["rotting_days"] = _("Enter a whole number of days, 0 or more.")
     if target_conversion is not None and not (0 <= Decimal(target_conversion) <= 100):
         errors["target_conversion"] = _("Target conversion is a percentage from 0 to 100.")
     unknown = unknown_required_fields(funnel, required_fields or [])
@@ -111,11 +186,12 @@ def stage_add(
     tasks: Iterable[tuple[str, int]] = (),
 ) -> Stage:
     """Append a stage at the end of the funnel, with its task templates."""
-    _check_can_configure(actor)
+    funnels_check_configurer(actor)
     errors = _validate_stage_values(
         funnel,
         name=name,
         probability=probability,
+        rotting_days=rotting_days,
         target_conversion=target_conversion,
         required_fields=required_fields,
     )
@@ -131,8 +207,11 @@ def stage_add(
         target_conversion=target_conversion,
         required_fields=list(required_fields or []),
     )
-    for title, due_in_minutes in tasks:
-        TaskTemplate.objects.create(stage=stage, title=title, due_in_minutes=due_in_minutes)
+    for index, (title, due_in_minutes) in enumerate(tasks):
+        try:
+            task_template_add(actor=actor, stage=stage, title=title, due_in_minutes=due_in_minutes)
+        except InvalidInput as error:
+            raise _nested(error, f"tasks.{index}") from None
     facts.record_stage_added(stage)
     return stage
 
@@ -140,7 +219,7 @@ def stage_add(
 @transaction.atomic
 def stage_update(*, actor: User | None, stage: Stage, **values) -> Stage:
     """Change a stage's settings (not its position: see ``stages_reorder``)."""
-    _check_can_configure(actor)
+    funnels_check_configurer(actor)
     allowed = {"name", "probability", "rotting_days", "target_conversion", "required_fields"}
     unknown = set(values) - allowed
     if unknown:
@@ -150,6 +229,7 @@ def stage_update(*, actor: User | None, stage: Stage, **values) -> Stage:
         stage.funnel,
         name=merged["name"],
         probability=merged["probability"],
+        rotting_days=merged["rotting_days"],
         target_conversion=merged["target_conversion"],
         required_fields=merged["required_fields"],
     )
@@ -164,12 +244,15 @@ def stage_update(*, actor: User | None, stage: Stage, **values) -> Stage:
 @transaction.atomic
 def stages_reorder(*, actor: User | None, funnel: Funnel, stage_ids: list[int]) -> None:
     """Put the funnel's stages in the given order. History keeps its stage ids."""
-    _check_can_configure(actor)
+    funnels_check_configurer(actor)
     current = list(
         Stage.objects.select_for_update().filter(funnel=funnel).values_list("id", flat=True)
     )
     if sorted(current) != sorted(stage_ids):
-        raise InvalidInput(_("Give every stage of the funnel exactly once to reorder them."))
+        raise InvalidInput(
+            _("Give every stage of the funnel exactly once to reorder them."),
+            fields={"stage_ids": _("List each of the funnel's stage ids once.")},
+        )
     # Two passes keep the unique (funnel, position) constraint true at every statement.
     offset = len(stage_ids) + 1000
     for position, stage_id in enumerate(stage_ids):
@@ -185,11 +268,13 @@ def task_template_add(
     *, actor: User | None, stage: Stage, title: str, due_in_minutes: int | str
 ) -> TaskTemplate:
     """A task the owner gets whenever a deal enters ``stage`` (deals already there get none)."""
-    _check_can_configure(actor)
+    funnels_check_configurer(actor)
     errors = {}
     title = (title or "").strip()
     if not title:
         errors["title"] = _("Enter what the owner must do.")
+    elif too_long := _too_long(TaskTemplate, "title", title):
+        errors["title"] = too_long
     try:
         minutes = int(due_in_minutes)
         if minutes < 0:
@@ -204,23 +289,31 @@ def task_template_add(
 @transaction.atomic
 def task_template_remove(*, actor: User | None, template: TaskTemplate) -> None:
     """Stop giving this task on entry. Tasks already given stay with their deals."""
-    _check_can_configure(actor)
+    funnels_check_configurer(actor)
     template.delete()
+
+
+def _loss_reason_name_clean(funnel: Funnel, name, *, reason_id: int | None = None) -> str:
+    """The name stripped; raises ``InvalidInput`` if it is empty, too long or taken."""
+    name = (name or "").strip()
+    if not name:
+        raise InvalidInput(_("Enter a loss reason."), fields={"name": _("Enter a loss reason.")})
+    if too_long := _too_long(LossReason, "name", name):
+        raise InvalidInput(_("The loss reason is too long."), fields={"name": too_long})
+    if LossReason.objects.filter(funnel=funnel, name=name).exclude(pk=reason_id).exists():
+        raise InvalidInput(
+            _("The funnel already has the loss reason “%(name)s”.") % {"name": name},
+            fields={"name": _("Choose another name.")},
+        )
+    return name
 
 
 @transaction.atomic
 def loss_reason_add(
     *, actor: User | None, funnel: Funnel, name: str, requires_comment: bool = False
 ) -> LossReason:
-    _check_can_configure(actor)
-    name = (name or "").strip()
-    if not name:
-        raise InvalidInput(_("Enter a loss reason."), fields={"name": _("Enter a loss reason.")})
-    if LossReason.objects.filter(funnel=funnel, name=name).exists():
-        raise InvalidInput(
-            _("The funnel already has the loss reason “%(name)s”.") % {"name": name},
-            fields={"name": _("Choose another name.")},
-        )
+    funnels_check_configurer(actor)
+    name = _loss_reason_name_clean(funnel, name)
     last = LossReason.objects.filter(funnel=funnel).aggregate(m=Max("position"))["m"]
     return LossReason.objects.create(
         funnel=funnel,
@@ -231,11 +324,35 @@ def loss_reason_add(
 
 
 @transaction.atomic
+def loss_reason_update(
+    *,
+    actor: User | None,
+    reason: LossReason,
+    name: str | None = None,
+    requires_comment: bool | None = None,
+    is_active: bool | None = None,
+) -> LossReason:
+    """Rename a reason, change whether it needs a comment, retire it or bring it back
+    (``None``: unchanged). Reasons are never deleted: deals lost with one keep it.
+    Nothing is saved if the name is invalid."""
+    funnels_check_configurer(actor)
+    values = {}
+    if name is not None:
+        values["name"] = _loss_reason_name_clean(reason.funnel, name, reason_id=reason.pk)
+    if requires_comment is not None:
+        values["requires_comment"] = requires_comment
+    if is_active is not None:
+        values["is_active"] = is_active
+    for field, value in values.items():
+        setattr(reason, field, value)
+    if values:
+        reason.save(update_fields=list(values))
+    return reason
+
+
 def loss_reason_set_active(*, actor: User | None, reason: LossReason, is_active: bool) -> None:
     """Retire (or bring back) a reason. Deals lost with it keep it."""
-    _check_can_configure(actor)
-    reason.is_active = is_active
-    reason.save(update_fields=["is_active"])
+    loss_reason_update(actor=actor, reason=reason, is_active=is_active)
 
 
 @transaction.atomic
@@ -248,7 +365,7 @@ def custom_field_add(
     type: str,
     choices: list[str] | None = None,
 ) -> CustomField:
-    _check_can_configure(actor)
+    funnels_check_configurer(actor)
     field = CustomField(funnel=funnel, key=key, label=label, type=type, choices=list(choices or []))
     errors: dict[str, str] = {}
     if type not in CustomFieldType.values:
@@ -257,16 +374,50 @@ def custom_field_add(
         }
     if CustomField.objects.filter(funnel=funnel, key=key).exists():
         errors["key"] = _("The funnel already has a field with this key.")
-    try:
-        field.full_clean(exclude=["funnel"])
-    except Exception as exc:  # ValidationError from the model
-        for name, messages in getattr(exc, "message_dict", {}).items():
-            errors.setdefault(name, " ".join(messages))
-    if errors:
-        raise InvalidInput(_("The custom field has errors: fix the marked fields."), fields=errors)
+    _custom_field_check(field, errors)
     last = CustomField.objects.filter(funnel=funnel).aggregate(m=Max("position"))["m"]
     field.position = 0 if last is None else last + 1
     field.save()
+    return field
+
+
+def _custom_field_check(field: CustomField, errors: dict[str, str]) -> None:
+    """Add the model's own errors to ``errors``; raise ``InvalidInput`` if there are any."""
+    try:
+        field.full_clean(exclude=["funnel"], validate_unique=False, validate_constraints=False)
+    except ValidationError as exc:
+        for name, messages in exc.message_dict.items():
+            errors.setdefault(name, " ".join(messages))
+    if errors:
+        raise InvalidInput(_("The custom field has errors: fix the marked fields."), fields=errors)
+
+
+@transaction.atomic
+def custom_field_update(
+    *,
+    actor: User | None,
+    field: CustomField,
+    label: str | None = None,
+    choices: list[str] | None = None,
+) -> CustomField:
+    """Change a field's label or its choices (``None``: unchanged). The key and type
+    stay: deals' values are stored under them, and deals keep a value whose
+    choice is dropped. Nothing is saved if a value is invalid."""
+    funnels_check_configurer(actor)
+    values = {}
+    if label is not None:
+        values["label"] = label.strip()
+    if choices is not None:
+        values["choices"] = list(choices)
+    # Checked on a copy, so that a refused change leaves the caller's object as it was.
+    candidate = copy.copy(field)
+    for name, value in values.items():
+        setattr(candidate, name, value)
+    _custom_field_check(candidate, {})
+    for name, value in values.items():
+        setattr(field, name, value)
+    if values:
+        field.save(update_fields=list(values))
     return field
 
 

@@ -1,8 +1,13 @@
-"""The funnels API (read) and the analytics API."""
+"""The funnels API (read) and the analytics API, with a head's owner scope."""
+
+import datetime
 
 import pytest
 
 from analytics.models import FunnelSnapshot, SnapshotStatus
+from analytics.services import snapshot_ensure
+from analytics.types import FunnelQuery
+from tests.factories import TeamFactory, UserFactory
 from tests.story import DealStory
 
 pytestmark = pytest.mark.django_db
@@ -64,7 +69,8 @@ def test_the_report_takes_every_parameter_of_funnel_report(head_client, funnel, 
         "mode": "cohort",
         "window_days": 30,
         "group_by": "owner",
-        "filters": {"source": ["call", "site"]},
+        # A head's report covers himself and his team, and its query says so.
+        "filters": {"owner": ["head", "masha", "petya"], "source": ["call", "site"]},
     }
     assert [(s["name"], s["count"]) for s in body["steps"]] == [
         ("S1", 2),
@@ -102,7 +108,7 @@ def test_managers_get_no_reports(make_client, manager, funnel):
 
 
 def test_recompute_returns_snapshots_to_poll(
-    head_client, funnel, django_capture_on_commit_callbacks
+    head_client, make_client, sales_admin, funnel, django_capture_on_commit_callbacks
 ):
     with django_capture_on_commit_callbacks(execute=True):
         response = head_client.post(
@@ -120,6 +126,129 @@ def test_recompute_returns_snapshots_to_poll(
     listed = head_client.get("/api/v1/analytics/snapshots/", {"funnel": funnel.pk}).json()
     assert {s["status"] for s in listed} == {SnapshotStatus.DONE}
     assert "result" not in listed[0]
-    detail = head_client.get(f"/api/v1/analytics/snapshots/{ids[0]}/").json()
+    everyones = FunnelSnapshot.objects.filter(funnel=funnel, params__filters={}).first()
+    # The figures of every owner are for administrators: a head polls their status only.
+    assert head_client.get(f"/api/v1/analytics/snapshots/{everyones.pk}/").status_code == 403
+    admin_client = make_client(scopes=["analytics:read"], user=sales_admin)
+    detail = admin_client.get(f"/api/v1/analytics/snapshots/{everyones.pk}/").json()
     assert detail["result"]["funnel"] == "B2B"
     assert head_client.get("/api/v1/analytics/snapshots/999999/").status_code == 404
+
+
+# ---------------------------------------------------------------- a head's owner scope
+
+
+@pytest.fixture
+def kazan_manager(funnel):
+    """A manager of another head's team who works the same funnel."""
+    other_head = UserFactory(username="head2", role="head")
+    vasya = UserFactory(username="vasya", team=TeamFactory(name="Kazan", head=other_head))
+    funnel.members.add(vasya)
+    return vasya
+
+
+@pytest.fixture
+def two_teams_deals(funnel, manager, kazan_manager):
+    DealStory(funnel, owner=manager).enters("S1").moves_to("S2").won()
+    DealStory(funnel, owner=kazan_manager).enters("S1")
+    DealStory(funnel, owner=kazan_manager).enters("S1").moves_to("S3")
+
+
+MARCH = {"from": "2025-03-01", "to": "2025-03-31", "group_by": "owner"}
+
+
+def _report(client, funnel, **params):
+    return client.get(f"/api/v1/analytics/funnels/{funnel.pk}/report/", {**MARCH, **params})
+
+
+def test_a_head_without_an_owner_filter_gets_his_teams_figures(
+    head_client, funnel, two_teams_deals
+):
+    response = _report(head_client, funnel)
+
+    assert response.status_code == 200, response.json()
+    body = response.json()
+    assert body["query"]["filters"] == {"owner": ["head", "masha", "petya"]}
+    assert [(s["name"], s["count"]) for s in body["steps"]] == [
+        ("S1", 1),
+        ("S2", 1),
+        ("S3", 1),
+        ("S4", 1),
+        ("Won", 1),
+    ]
+    assert [g["key"] for g in body["groups"]] == ["masha"]
+
+
+def test_an_administrator_and_an_integration_key_get_everyones_figures(
+    make_client, sales_admin, funnel, two_teams_deals
+):
+    for client in (
+        make_client(scopes=["analytics:read"], user=sales_admin),
+        make_client(scopes=["analytics:read"]),
+    ):
+        body = _report(client, funnel).json()
+
+        assert body["query"]["filters"] == {}
+        assert [(s["name"], s["count"]) for s in body["steps"]][:3] == [
+            ("S1", 3),
+            ("S2", 2),
+            ("S3", 2),
+        ]
+        assert [g["key"] for g in body["groups"]] == ["masha", "vasya"]
+
+
+def test_a_head_asking_for_an_owner_outside_his_teams_gets_403(
+    head_client, funnel, two_teams_deals
+):
+    response = _report(head_client, funnel, filter=["owner=masha", "owner=vasya"])
+
+    assert response.status_code == 403
+    assert response.json() == {
+        "code": "forbidden",
+        "detail": "You see the figures of your own teams only; not in them: vasya.",
+        "fields": {"filter": "Choose among: head, masha, petya."},
+    }
+
+
+def test_a_head_may_narrow_his_report_to_one_of_his_people(head_client, funnel, two_teams_deals):
+    response = _report(head_client, funnel, filter="owner=masha")
+
+    assert response.status_code == 200
+    assert response.json()["query"]["filters"] == {"owner": ["masha"]}
+    assert response.json()["steps"][0]["count"] == 1
+
+
+def _snapshot(funnel, owners: list[str] | None) -> FunnelSnapshot:
+    query = FunnelQuery.build(
+        funnel_id=funnel.pk,
+        date_from=datetime.date(2025, 3, 1),
+        date_to=datetime.date(2025, 3, 31),
+        filters={"owner": owners} if owners else {},
+    )
+    return snapshot_ensure(query=query, label="ad hoc")
+
+
+def test_a_head_reads_only_snapshots_narrowed_to_his_people(
+    head_client, make_client, sales_admin, funnel, kazan_manager
+):
+    his = _snapshot(funnel, ["head", "masha", "petya"])
+    one_of_his = _snapshot(funnel, ["masha"])
+    everyones = _snapshot(funnel, None)
+    mixed = _snapshot(funnel, ["masha", "vasya"])
+    admin_client = make_client(scopes=["analytics:read"], user=sales_admin)
+
+    assert head_client.get(f"/api/v1/analytics/snapshots/{his.pk}/").status_code == 200
+    assert head_client.get(f"/api/v1/analytics/snapshots/{one_of_his.pk}/").status_code == 200
+    for snapshot in (everyones, mixed):
+        response = head_client.get(f"/api/v1/analytics/snapshots/{snapshot.pk}/")
+        assert response.status_code == 403
+        assert response.json() == {
+            "code": "forbidden",
+            "detail": "This snapshot holds figures of people outside your teams. Poll its "
+            "status in the snapshot list, or ask for the report: it is narrowed to your teams.",
+            "fields": {},
+        }
+        assert admin_client.get(f"/api/v1/analytics/snapshots/{snapshot.pk}/").status_code == 200
+    # The list carries no figures: a head sees every snapshot's status there.
+    listed = head_client.get("/api/v1/analytics/snapshots/", {"funnel": funnel.pk}).json()
+    assert {s["id"] for s in listed} == {his.pk, one_of_his.pk, everyones.pk, mixed.pk}

@@ -30,7 +30,17 @@ def test_the_schema_documents_every_endpoint_and_the_error_shape(client):
         "/api/v1/deals/{id}/win/",
         "/api/v1/funnels/",
         "/api/v1/funnels/{id}/",
+        "/api/v1/funnels/{id}/custom-fields/",
+        "/api/v1/funnels/{id}/custom-fields/{key}/",
+        "/api/v1/funnels/{id}/loss-reasons/",
+        "/api/v1/funnels/{id}/loss-reasons/{reason_id}/",
+        "/api/v1/funnels/{id}/stages/",
+        "/api/v1/funnels/{id}/stages/reorder/",
+        "/api/v1/funnels/{id}/stages/{stage_id}/",
         "/api/v1/leads/",
+        "/api/v1/webhooks/",
+        "/api/v1/webhooks/{id}/",
+        "/api/v1/webhooks/{id}/deliveries/",
     ]
     for path, operations in schema["paths"].items():
         for method, operation in operations.items():
@@ -38,6 +48,10 @@ def test_the_schema_documents_every_endpoint_and_the_error_shape(client):
             assert {"401", "403", "429"} <= documented, (path, method)
     leads = schema["paths"]["/api/v1/leads/"]["post"]
     assert {"201", "200", "400", "413", "422"} <= set(leads["responses"])
+    # The signing secret is in the answer to create only.
+    components = schema["components"]["schemas"]
+    assert "secret" in components["WebhookSubscriptionCreatedOutput"]["properties"]
+    assert "secret" not in components["WebhookSubscriptionOutput"]["properties"]
     assert schema["components"]["securitySchemes"]["bearerAuth"] == {
         "type": "http",
         "scheme": "bearer",

@@ -8,10 +8,14 @@ from deals.models import StageChange
 from funnels.models import CustomField, Funnel, LossReason, Stage, TaskTemplate
 from funnels.services import (
     custom_field_add,
+    custom_field_update,
     custom_values_clean,
     funnel_create,
+    funnel_update,
     loss_reason_add,
     loss_reason_set_active,
+    loss_reason_update,
+    stage_add,
     stage_update,
     stages_reorder,
 )
@@ -106,7 +110,7 @@ def test_funnel_create_refuses_a_manager(manager):
         (
             "Bad",
             ["S1", {"name": "S2", "probability": 101}],
-            {"probability": "Probability is a percentage from 0 to 100."},
+            {"stages.1.probability": "Probability is a percentage from 0 to 100."},
         ),
     ],
 )
@@ -118,7 +122,84 @@ def test_funnel_create_refuses_bad_input_and_creates_nothing(sales_admin, name, 
     assert (Funnel.objects.count(), Stage.objects.count(), LossReason.objects.count()) == (0, 0, 0)
 
 
+def test_funnel_update_changes_the_given_settings_and_members(
+    sales_admin, funnel, manager, outsider
+):
+    funnel_update(
+        actor=sales_admin,
+        funnel=funnel,
+        name=" B2B Moscow ",
+        currency="EUR",
+        target_response_minutes=10,
+        is_active=False,
+        members=[manager, outsider],
+    )
+
+    funnel = Funnel.objects.get(pk=funnel.pk)
+    assert (funnel.name, funnel.currency, funnel.target_response_minutes, funnel.is_active) == (
+        "B2B Moscow",
+        "EUR",
+        10,
+        False,
+    )
+    assert list(funnel.members.order_by("username")) == [outsider, manager]
+
+
+@pytest.mark.parametrize(
+    ("values", "fields"),
+    [
+        ({"name": "Retail"}, {"name": "Choose another name."}),
+        ({"name": " "}, {"name": "Enter a name."}),
+        ({"name": "x" * 121}, {"name": "Use at most 120 characters."}),
+        (
+            {"currency": "euro", "target_response_minutes": -1},
+            {
+                "currency": "Use a three-letter currency code, such as RUB.",
+                "target_response_minutes": "Enter a whole number of minutes, 0 or more.",
+            },
+        ),
+    ],
+)
+def test_funnel_update_refuses_bad_values_and_changes_nothing(head, funnel, values, fields):
+    FunnelFactory(name="Retail")
+
+    with pytest.raises(InvalidInput) as error:
+        funnel_update(actor=head, funnel=funnel, is_active=False, **values)
+
+    assert error.value.fields == fields
+    funnel = Funnel.objects.get(pk=funnel.pk)
+    assert (funnel.name, funnel.currency, funnel.is_active) == ("B2B", "RUB", True)
+
+
+def test_funnel_update_refuses_a_manager(manager, funnel):
+    with pytest.raises(Forbidden):
+        funnel_update(actor=manager, funnel=funnel, name="Mine")
+    assert Funnel.objects.get(pk=funnel.pk).name == "B2B"
+
+
 # ---------------------------------------------------------------- stages
+
+
+def test_stage_add_names_a_bad_task_and_adds_nothing(head, funnel):
+    before = stage_rows(funnel)
+
+    with pytest.raises(InvalidInput) as error:
+        stage_add(
+            actor=head,
+            funnel=funnel,
+            name="S5",
+            rotting_days=-1,
+        )
+    assert error.value.fields == {"rotting_days": "Enter a whole number of days, 0 or more."}
+    with pytest.raises(InvalidInput) as error:
+        stage_add(actor=head, funnel=funnel, name="S5", tasks=[("Call", 30), ("", -5)])
+    assert error.value.fields == {
+        "tasks.1.title": "Enter what the owner must do.",
+        "tasks.1.due_in_minutes": "Enter a whole number of minutes, 0 or more.",
+    }
+
+    assert stage_rows(funnel) == before
+    assert TaskTemplate.objects.filter(stage__funnel=funnel).count() == 0
 
 
 def test_stages_reorder_keeps_ids_and_history(head, manager, funnel, stages):
@@ -154,6 +235,7 @@ def test_stages_reorder_needs_every_stage_once(head, funnel, stages, drop_or_rep
         stages_reorder(actor=head, funnel=funnel, stage_ids=stage_ids)
 
     assert error.value.message == "Give every stage of the funnel exactly once to reorder them."
+    assert error.value.fields == {"stage_ids": "List each of the funnel's stage ids once."}
     assert stage_rows(funnel) == before
 
 
@@ -258,6 +340,31 @@ def test_loss_reason_add_appends_and_refuses_duplicates(head, funnel):
     assert funnel.loss_reasons.count() == 7
 
 
+def test_loss_reason_update_renames_and_asks_for_a_comment(head, funnel):
+    spam = funnel.loss_reasons.get(name="Spam")
+
+    loss_reason_update(actor=head, reason=spam, name=" Junk ", requires_comment=True)
+
+    assert LossReason.objects.filter(pk=spam.pk).values_list(
+        "name", "requires_comment", "is_active"
+    ).get() == ("Junk", True, True)
+
+
+def test_loss_reason_update_refuses_a_taken_name(head, funnel):
+    spam = funnel.loss_reasons.get(name="Spam")
+
+    with pytest.raises(InvalidInput) as error:
+        loss_reason_update(actor=head, reason=spam, name="Other", is_active=False)
+
+    assert error.value.fields == {"name": "Choose another name."}
+    assert LossReason.objects.filter(pk=spam.pk).values_list("name", "is_active").get() == (
+        "Spam",
+        True,
+    )
+    # Its own name is not taken by itself.
+    loss_reason_update(actor=head, reason=spam, name="Spam")
+
+
 def test_loss_reason_set_active_retires_and_brings_back(head, funnel):
     spam = funnel.loss_reasons.get(name="Spam")
 
@@ -328,6 +435,39 @@ def test_custom_field_add_names_the_bad_field(head, funnel, kwargs, fields):
     assert error.value.message == "The custom field has errors: fix the marked fields."
     assert error.value.fields == fields
     assert list(CustomField.objects.values_list("key", flat=True)) == ["budget"]
+
+
+def test_custom_field_update_changes_label_and_choices_not_key_or_type(head, funnel):
+    field = custom_field_add(
+        actor=head, funnel=funnel, key="size", label="Size", type="choice", choices=["S"]
+    )
+
+    custom_field_update(actor=head, field=field, label=" Box size ", choices=["S", "M"])
+
+    assert CustomField.objects.filter(pk=field.pk).values_list(
+        "key", "label", "type", "choices"
+    ).get() == ("size", "Box size", "choice", ["S", "M"])
+
+
+def test_custom_field_update_names_the_bad_field_and_changes_nothing(head, manager, funnel):
+    field = custom_field_add(
+        actor=head, funnel=funnel, key="size", label="Size", type="choice", choices=["S"]
+    )
+
+    with pytest.raises(InvalidInput) as error:
+        custom_field_update(actor=head, field=field, label="", choices=[])
+
+    assert error.value.fields == {
+        "label": "This field cannot be blank.",
+        "choices": "A choice field needs at least one choice.",
+    }
+    assert (field.label, field.choices) == ("Size", ["S"])
+    with pytest.raises(Forbidden):
+        custom_field_update(actor=manager, field=field, label="Mine")
+    assert CustomField.objects.filter(pk=field.pk).values_list("label", "choices").get() == (
+        "Size",
+        ["S"],
+    )
 
 
 def test_custom_field_add_refuses_a_manager(manager, funnel):
