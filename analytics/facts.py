@@ -79,12 +79,46 @@ def _responded(deal: Deal, actor, at: datetime.datetime) -> list[str]:
     return ["first_response_at"]
 
 
-def record_created(deal: Deal, at: datetime.datetime) -> None:
-    """A new deal (saved with ``reached_position`` = its entry stage's position)
-    reached every position up to its entry stage."""
-    _reach(deal, deal.stage.position, at, first=True)
-    _start_visit(deal, deal.stage_id, at)
-    record_client_changed(deal)
+def record_created(deals: list[Deal], at: datetime.datetime) -> None:
+    """New deals (saved with ``reached_position`` = their entry stage's position and
+    ``is_repeat_client`` from ``repeat_clients``) reached every position up to their
+    entry stage and start a visit there. Three statements for any number of deals."""
+    StageReach.objects.bulk_create(
+        StageReach(
+            deal=deal,
+            funnel_id=deal.funnel_id,
+            entered_at=deal.created_at,
+            position=position,
+            reached_at=at,
+        )
+        for deal in deals
+        for position in range(0, deal.stage.position + 1)
+    )
+    StageTime.objects.bulk_create(
+        StageTime(
+            deal=deal,
+            stage_id=deal.stage_id,
+            funnel_id=deal.funnel_id,
+            owner_id=deal.owner_id,
+            entered_at=deal.created_at,
+            visits=1,
+            visit_started_at=at,
+        )
+        for deal in deals
+    )
+
+
+def repeat_clients(contact_ids: Iterable[int]) -> set[int]:
+    """The clients among these for whom a new (open) deal is a repeat sale: those with a
+    won deal (the rule of ``client_types_refresh`` for a deal that is not closed)."""
+    ids = [pk for pk in contact_ids if pk is not None]
+    if not ids:
+        return set()
+    return set(
+        Deal.objects.filter(contact_id__in=ids, status=DealStatus.WON).values_list(
+            "contact_id", flat=True
+        )
+    )
 
 
 def record_client_changed(deal: Deal) -> None:

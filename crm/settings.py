@@ -80,6 +80,8 @@ DATABASES = {
     "default": dj_database_url.parse(
         DATABASE_URL or f"sqlite:///{BASE_DIR / 'voronka.sqlite3'}",
         conn_max_age=60 if env_bool("DB_PERSISTENT_CONNECTIONS", False) else 0,
+        # A kept connection is checked before a request reuses it (a restarted database).
+        conn_health_checks=True,
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":

@@ -10,27 +10,33 @@ transaction:
    on the unique constraint until the first commits, then fails with an
    ``IntegrityError`` and returns the stored result: a retry never makes a
    second deal, even when both arrive at the same moment.
-2. It locks each target funnel's ``FunnelIntakeState`` row (in id order, so two
-   batches never deadlock). Intake into one funnel is therefore serial: the
-   round-robin counter is fair across concurrent requests, and two leads of
-   one client arriving together cannot both open a deal.
-3. Each lead runs in its own savepoint: a lead with an ``external_id`` already
-   taken gets its original outcome back; a lead whose normalised phone or
-   email matches an open deal of the funnel is attached to it as a note;
-   otherwise ``deal_create`` opens a deal (its first stage's task templates
-   fire) for the given owner or the next manager in turn. A bad lead of a
-   batch is reported at its index and the others go in.
+2. On PostgreSQL it takes advisory locks on the leads' external ids, phones
+   and emails, all at once in a fixed order: two requests carrying the same
+   lead or the same client run one after the other, and any others in
+   parallel.
+3. Per funnel (``_FunnelBatch``), in one query each, it reads the external ids
+   already taken and the open deals of the leads' clients. Then each lead in
+   order: a known external id gets its original outcome back; a lead whose
+   normalised phone or email matches an open deal of the funnel (or a deal
+   opened earlier in the batch) is attached to it as a note; any other is
+   checked by ``DealOpener.prepare`` (the rules of ``deal_create``). A bad lead
+   of a batch is reported at its index and the others go in.
+4. Only then is the funnel's ``FunnelIntakeState`` row locked, for the
+   shortest time, to hand the round-robin turns to the new deals without an
+   owner (a rejected lead takes no turn), and everything is written in bulk:
+   a batch of 100 leads costs about the statements of one.
 
 Deals are created by the system (``actor=None``); who may post into which
 funnel is checked here, from the ``IntakeClient``.
 """
 
 import dataclasses
+import zlib
 from collections.abc import Sequence
 from decimal import Decimal
 
-from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Value
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -44,7 +50,13 @@ from deals.models import (
     LeadOutcome,
     LeadReceipt,
 )
-from deals.services import deal_create, normalize_email, normalize_phone, note_add
+from deals.services import (
+    ContactBook,
+    DealOpener,
+    normalize_email,
+    normalize_phone,
+    notes_add_system,
+)
 from funnels.models import Funnel
 
 MAX_BATCH = 1000
@@ -223,65 +235,51 @@ def _claim_idempotency_key(
     return record
 
 
-@dataclasses.dataclass
-class _FunnelIntake:
-    """A locked funnel's intake state and its managers in turn, for one request."""
-
-    funnel: Funnel
-    state: FunnelIntakeState
-    rotation: list[User]
-
-    def next_manager(self) -> User | None:
-        """The next active, present manager after the last one assigned (by id, wrapping)."""
-        if not self.rotation:
-            return None
-        last = self.state.last_assigned_id or 0
-        return next((user for user in self.rotation if user.pk > last), self.rotation[0])
-
-
 def _take_leads(
     client: IntakeClient, leads: Sequence[LeadData | InvalidInput], *, raise_on_reject: bool
 ) -> list[dict]:
     funnels: dict[int, Funnel] = {}
-    targets: list[Funnel | DomainError] = []
-    for lead in leads:
+    outcomes: dict[int, dict | DomainError] = {}
+    by_funnel: dict[int, list[int]] = {}
+    for index, lead in enumerate(leads):
         if isinstance(lead, DomainError):
-            targets.append(lead)
+            outcomes[index] = lead
             continue
         try:
-            targets.append(_target_funnel(client, lead, funnels))
+            funnel = _target_funnel(client, lead, funnels)
         except DomainError as error:
-            targets.append(error)
-    intakes = _lock_funnels(sorted({f.pk for f in targets if isinstance(f, Funnel)}), funnels)
+            outcomes[index] = error
+            continue
+        by_funnel.setdefault(funnel.pk, []).append(index)
+    if raise_on_reject:
+        _raise_first_rejected(outcomes)
+    _lock_leads({pk: [leads[i] for i in indices] for pk, indices in by_funnel.items()})
+    for funnel_id in sorted(by_funnel):  # in id order: two batches never deadlock
+        batch = {index: leads[index] for index in by_funnel[funnel_id]}
+        outcomes.update(
+            _FunnelBatch(client, funnels[funnel_id], batch).take(raise_on_reject=raise_on_reject)
+        )
 
     results = []
-    for index, (lead, target) in enumerate(zip(leads, targets, strict=True)):
-        if isinstance(target, DomainError):
-            error = target
-        else:
-            intake = intakes[target.pk]
-            try:
-                with transaction.atomic():
-                    results.append({"index": index, **_take_lead(client, lead, intake)})
-                continue
-            except DomainError as exc:
-                error = exc
-                # The savepoint undid the assignment; forget it in memory too.
-                intake.state.refresh_from_db(fields=["last_assigned"])
-        if raise_on_reject:
-            raise lead_error(error)
-        results.append(
-            {
-                "index": index,
+    for index, lead in enumerate(leads):
+        outcome = outcomes[index]
+        if isinstance(outcome, DomainError):
+            outcome = {
                 "status": REJECTED,
                 "deal_id": None,
                 "owner_id": None,
                 "external_id": getattr(lead, "external_id", None),
                 "replayed": False,
-                "error": _error_dict(error),
+                "error": _error_dict(outcome),
             }
-        )
+        results.append({"index": index, **outcome})
     return results
+
+
+def _raise_first_rejected(outcomes: dict[int, dict | DomainError]) -> None:
+    for outcome in outcomes.values():
+        if isinstance(outcome, DomainError):
+            raise lead_error(outcome)
 
 
 def _target_funnel(client: IntakeClient, lead: LeadData, cache: dict[int, Funnel]) -> Funnel:
@@ -323,31 +321,232 @@ def _target_funnel(client: IntakeClient, lead: LeadData, cache: dict[int, Funnel
     return funnel
 
 
-def _lock_funnels(funnel_ids: list[int], funnels: dict[int, Funnel]) -> dict[int, _FunnelIntake]:
-    if not funnel_ids:
-        return {}
-    # The state rows are created once, race-free; then locked in id order.
-    FunnelIntakeState.objects.bulk_create(
-        [FunnelIntakeState(funnel_id=pk) for pk in funnel_ids], ignore_conflicts=True
-    )
-    states = {
-        state.funnel_id: state
-        for state in FunnelIntakeState.objects.select_for_update()
-        .filter(funnel_id__in=funnel_ids)
-        .order_by("funnel_id")
-    }
-    return {
-        pk: _FunnelIntake(
-            funnel=funnels[pk],
-            state=states[pk],
-            rotation=list(
-                funnels[pk]
-                .members.filter(is_active=True, role=Role.MANAGER, is_away=False)
-                .order_by("pk")
-            ),
+def _contact_keys(lead: LeadData) -> list[str]:
+    """The keys that make two leads one client: normalised phone and email."""
+    phone, email = normalize_phone(lead.contact_phone), normalize_email(lead.contact_email)
+    return [key for key in (phone and f"phone:{phone}", email and f"email:{email}") if key]
+
+
+def _lock_leads(leads: dict[int, list[LeadData]]) -> None:
+    """Lock the request's leads (by funnel id) against concurrent twins, all at once and
+    in a fixed order, so that two requests never deadlock.
+
+    PostgreSQL advisory locks, one 64-bit number per key: the funnel's id (0 for a
+    client's phone or email: clients are shared by all funnels) and a hash of the
+    key. A collision only makes two unrelated requests wait for each other.
+    """
+    if connection.vendor != "postgresql":
+        return  # SQLite takes one writer at a time
+    locks = set()
+    for funnel_id, funnel_leads in leads.items():
+        for lead in funnel_leads:
+            if lead.external_id:
+                locks.add((funnel_id << 32) | zlib.crc32(lead.external_id.encode()))
+            locks.update(zlib.crc32(key.encode()) for key in _contact_keys(lead))
+    if not locks:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(pg_advisory_xact_lock(k)) FROM (SELECT k FROM "
+            "unnest(string_to_array(%s, ',')::bigint[]) AS t(k) ORDER BY k) AS s",
+            [",".join(map(str, sorted(locks)))],
         )
-        for pk in funnel_ids
-    }
+
+
+class _FunnelBatch:
+    """One request's leads for one funnel (steps 3 and 4 of the module's docstring),
+    in the same number of statements for one lead or a thousand."""
+
+    def __init__(self, client: IntakeClient, funnel: Funnel, leads: dict[int, LeadData]):
+        self.client = client
+        self.funnel = funnel
+        self.leads = leads
+        self.at = timezone.now()
+        self._members: frozenset[int] | None = None
+
+    def take(self, *, raise_on_reject: bool) -> dict[int, dict | DomainError]:
+        client, funnel = self.client, self.funnel
+        try:
+            opener = DealOpener(funnel, at=self.at)
+        except DomainError as error:
+            return dict.fromkeys(self.leads, error)
+        known = self._known_external_ids()
+        open_deals = self._open_deals(opener.contacts)
+
+        # (outcome, deal, lead, replayed): new deals get their ids only when saved.
+        outcomes: dict[int, tuple[str, Deal, LeadData, bool] | DomainError] = {}
+        new: list[tuple[Deal, LeadData]] = []
+        notes: list[tuple[Deal, str]] = []
+        receipts: list[tuple[LeadData, Deal, str]] = []
+        for index, lead in self.leads.items():
+            ext = lead.external_id
+            if ext and ext in known:
+                outcomes[index] = (*known[ext], lead, True)
+                continue
+            keys = _contact_keys(lead)
+            duplicate = _newest([open_deals[key] for key in keys if key in open_deals])
+            if duplicate is not None:
+                notes.append((duplicate, _lead_note(lead, client, repeated=True)))
+                receipts.append((lead, duplicate, LeadOutcome.ATTACHED))
+                outcomes[index] = (LeadOutcome.ATTACHED, duplicate, lead, False)
+            else:
+                try:
+                    deal = opener.prepare(
+                        actor=None,
+                        title=_lead_title(lead),
+                        owner=self._given_owner(lead),
+                        values=_deal_values(lead),
+                        external_id=ext,
+                    )
+                except DomainError as error:
+                    if raise_on_reject:
+                        raise lead_error(error) from None
+                    outcomes[index] = error
+                    continue
+                new.append((deal, lead))
+                if lead.comment or lead.utm:
+                    notes.append((deal, _lead_note(lead, client, repeated=False)))
+                receipts.append((lead, deal, LeadOutcome.CREATED))
+                outcomes[index] = (LeadOutcome.CREATED, deal, lead, False)
+                if client.attach_duplicates:
+                    open_deals.update(dict.fromkeys(keys, deal))
+            if ext:
+                known[ext] = outcomes[index][:2]
+
+        self._assign_turns([deal for deal, lead in new if lead.owner_id is None])
+        opener.save([deal for deal, _lead in new])
+        notes_add_system(notes=notes, at=self.at)
+        LeadReceipt.objects.bulk_create(
+            LeadReceipt(
+                funnel_id=funnel.pk,
+                deal=deal,
+                outcome=outcome,
+                external_id=lead.external_id or None,
+                client=client.label,
+                payload=lead.payload,
+                received_at=self.at,
+            )
+            for lead, deal, outcome in receipts
+        )
+        return {
+            index: outcome
+            if isinstance(outcome, DomainError)
+            else _result(*outcome[:3], replayed=outcome[3])
+            for index, outcome in outcomes.items()
+        }
+
+    def _known_external_ids(self) -> dict[str, tuple[str, Deal]]:
+        """The first outcome of each external id already taken in the funnel: its lead
+        receipt, or a deal opened by another door (the importer, the deals API)."""
+        ids = {lead.external_id for lead in self.leads.values() if lead.external_id}
+        if not ids:
+            return {}
+        receipts = LeadReceipt.objects.filter(funnel=self.funnel, external_id__in=ids).order_by()
+        receipts = receipts.values_list(
+            "external_id", "outcome", "deal_id", "deal__owner_id", Value(0)
+        )
+        deals = Deal.objects.filter(funnel=self.funnel, external_id__in=ids).order_by()
+        deals = deals.values_list(
+            "external_id", Value(str(LeadOutcome.CREATED)), "pk", "owner_id", Value(1)
+        )
+        known: dict[str, tuple[str, Deal]] = {}
+        for external_id, outcome, deal_id, owner_id, _door in sorted(
+            receipts.union(deals, all=True), key=lambda row: row[4]
+        ):
+            known.setdefault(external_id, (outcome, Deal(pk=deal_id, owner_id=owner_id)))
+        return known
+
+    def _open_deals(self, contacts: ContactBook) -> dict[str, Deal]:
+        """The newest open (or postponed) deal of the funnel per phone and email key."""
+        details = [(lead.contact_phone, lead.contact_email) for lead in self.leads.values()]
+        clients = contacts.preload(details)
+        if not (self.client.attach_duplicates and clients):
+            return {}
+        keys_of = {
+            contact.pk: [
+                key
+                for key in (
+                    contact.phone_normalized and f"phone:{contact.phone_normalized}",
+                    contact.email_normalized and f"email:{contact.email_normalized}",
+                )
+                if key
+            ]
+            for contact in clients
+        }
+        open_deals: dict[str, Deal] = {}
+        for deal in Deal.objects.filter(
+            funnel=self.funnel,
+            status__in=(DealStatus.OPEN, DealStatus.POSTPONED),
+            contact_id__in=list(keys_of),
+        ).order_by("-created_at", "-pk"):
+            for key in keys_of[deal.contact_id]:
+                open_deals.setdefault(key, deal)
+        return open_deals
+
+    def _given_owner(self, lead: LeadData) -> User | None:
+        if lead.owner_id is None:
+            return None
+        owner = User.objects.filter(pk=lead.owner_id).first()
+        if owner is None or not owner.is_active:
+            raise InvalidInput(
+                _("User %(id)s is not an active user.") % {"id": lead.owner_id},
+                fields={"owner_id": _("Choose an active user.")},
+            )
+        if not (owner.is_admin_role or owner.is_head) and owner.pk not in self._member_ids():
+            raise InvalidInput(
+                _("%(user)s does not work the funnel “%(funnel)s”.")
+                % {"user": owner, "funnel": self.funnel.name},
+                fields={"owner_id": _("Choose a member of the funnel.")},
+            )
+        return owner
+
+    def _member_ids(self) -> frozenset[int]:
+        if self._members is None:
+            self._members = frozenset(self.funnel.members.values_list("pk", flat=True))
+        return self._members
+
+    def _assign_turns(self, deals: list[Deal]) -> None:
+        """Give each deal the next active, present manager after the last one assigned
+        (by id, wrapping), under the funnel's intake row lock."""
+        if not deals:
+            return
+        state = _lock_intake_state(self.funnel.pk)
+        rotation = list(
+            self.funnel.members.filter(is_active=True, role=Role.MANAGER, is_away=False).order_by(
+                "pk"
+            )
+        )
+        if not rotation:
+            return
+        last = state.last_assigned_id or 0
+        for deal in deals:
+            owner = next((user for user in rotation if user.pk > last), rotation[0])
+            deal.owner = owner
+            last = owner.pk
+        state.last_assigned_id = last
+        state.save(update_fields=["last_assigned"])
+
+
+def _newest(deals: list[Deal]) -> Deal | None:
+    """The newest deal (by creation, then id; one not saved yet is the newest)."""
+    if not deals:
+        return None
+    return max(deals, key=lambda deal: (deal.created_at, deal.pk or float("inf")))
+
+
+def _lock_intake_state(funnel_id: int) -> FunnelIntakeState:
+    """The funnel's intake row, created on first use, locked until commit: one
+    statement (an upsert locks the row it touches on both databases)."""
+    table = FunnelIntakeState._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (funnel_id) VALUES (%s) "  # our own table name
+            "ON CONFLICT (funnel_id) DO UPDATE SET funnel_id = EXCLUDED.funnel_id "
+            "RETURNING last_assigned_id",
+            [funnel_id],
+        )
+        (last_assigned_id,) = cursor.fetchone()
+    return FunnelIntakeState(funnel_id=funnel_id, last_assigned_id=last_assigned_id)
 
 
 # ---------------------------------------------------------------- one lead
@@ -364,83 +563,6 @@ def _result(
         "replayed": replayed,
         "error": None,
     }
-
-
-def _take_lead(client: IntakeClient, lead: LeadData, intake: _FunnelIntake) -> dict:
-    funnel = intake.funnel
-    if lead.external_id:
-        receipt = (
-            LeadReceipt.objects.select_related("deal")
-            .filter(funnel=funnel, external_id=lead.external_id)
-            .first()
-        )
-        if receipt is not None:
-            return _result(receipt.outcome, receipt.deal, lead, replayed=True)
-        # Created by another door (the importer) with the same external id.
-        deal = Deal.objects.filter(funnel=funnel, external_id=lead.external_id).first()
-        if deal is not None:
-            return _result(LeadOutcome.CREATED, deal, lead, replayed=True)
-
-    duplicate = _open_duplicate(funnel, lead) if client.attach_duplicates else None
-    if duplicate is not None:
-        note_add(actor=None, deal=duplicate, text=_lead_note(lead, client, repeated=True))
-        _receipt(client, lead, duplicate, LeadOutcome.ATTACHED)
-        return _result(LeadOutcome.ATTACHED, duplicate, lead)
-
-    owner = _lead_owner(lead, intake)
-    deal = deal_create(
-        actor=None,
-        funnel=funnel,
-        title=_lead_title(lead),
-        owner=owner,
-        values=_deal_values(lead),
-        external_id=lead.external_id,
-    )
-    if lead.comment or lead.utm:
-        note_add(actor=None, deal=deal, text=_lead_note(lead, client, repeated=False))
-    if lead.owner_id is None and owner is not None:
-        intake.state.last_assigned = owner
-        intake.state.save(update_fields=["last_assigned"])
-    _receipt(client, lead, deal, LeadOutcome.CREATED)
-    return _result(LeadOutcome.CREATED, deal, lead)
-
-
-def _open_duplicate(funnel: Funnel, lead: LeadData) -> Deal | None:
-    """The newest open (or postponed) deal of the funnel with the lead's phone or email."""
-    phone, email = normalize_phone(lead.contact_phone), normalize_email(lead.contact_email)
-    match = Q()
-    if phone:
-        match |= Q(contact__phone_normalized=phone)
-    if email:
-        match |= Q(contact__email_normalized=email)
-    if not match:
-        return None
-    return (
-        Deal.objects.filter(funnel=funnel, status__in=(DealStatus.OPEN, DealStatus.POSTPONED))
-        .filter(match)
-        .order_by("-created_at", "-pk")
-        .first()
-    )
-
-
-def _lead_owner(lead: LeadData, intake: _FunnelIntake) -> User | None:
-    if lead.owner_id is None:
-        return intake.next_manager()
-    owner = User.objects.filter(pk=lead.owner_id).first()
-    if owner is None or not owner.is_active:
-        raise InvalidInput(
-            _("User %(id)s is not an active user.") % {"id": lead.owner_id},
-            fields={"owner_id": _("Choose an active user.")},
-        )
-    if not (owner.is_admin_role or owner.is_head) and not any(
-        member.pk == owner.pk for member in intake.funnel.members.all()
-    ):
-        raise InvalidInput(
-            _("%(user)s does not work the funnel “%(funnel)s”.")
-            % {"user": owner, "funnel": intake.funnel.name},
-            fields={"owner_id": _("Choose a member of the funnel.")},
-        )
-    return owner
 
 
 def _lead_title(lead: LeadData) -> str:
@@ -492,15 +614,3 @@ def _lead_note(lead: LeadData, client: IntakeClient, *, repeated: bool) -> str:
     if lead.utm:
         lines.append("UTM: " + ", ".join(f"{k}={v}" for k, v in sorted(lead.utm.items())))
     return "\n".join(lines)
-
-
-def _receipt(client: IntakeClient, lead: LeadData, deal: Deal, outcome: str) -> None:
-    LeadReceipt.objects.create(
-        funnel_id=deal.funnel_id,
-        deal=deal,
-        outcome=outcome,
-        external_id=lead.external_id or None,
-        client=client.label,
-        payload=lead.payload,
-        received_at=timezone.now(),
-    )

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from decimal import Decimal, InvalidOperation
 
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -34,7 +35,7 @@ from deals.models import (
     WebhookEvent,
 )
 from deals.selectors import user_can_change_deal
-from deals.webhooks import webhooks_dispatch
+from deals.webhooks import webhooks_dispatch, webhooks_dispatch_many
 from funnels.models import REQUIRABLE_DEAL_FIELDS, Funnel, LossReason, Stage
 from funnels.services import custom_values_clean
 
@@ -77,15 +78,11 @@ def normalize_email(email: str) -> str:
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
-def contact_find_or_create(
-    *, name: str = "", phone: str = "", email: str = "", company: str = "", at=None
-) -> Contact:
-    """The client with this phone or email, or a new one. Blank details are filled in."""
-    phone_n, email_n = normalize_phone(phone), normalize_email(email)
+def _contact_errors(*, name: str, phone: str, email: str, company: str) -> None:
     errors = {}
     if email and not EMAIL_RE.match(email.strip()):
         errors["contact_email"] = _("“%(value)s” is not an email address.") % {"value": email}
-    if phone and not 7 <= len(phone_n) <= 15:
+    if phone and not 7 <= len(normalize_phone(phone)) <= 15:
         errors["contact_phone"] = _("“%(value)s” is not a phone number.") % {"value": phone}
     if not (name or phone or email or company):
         errors["contact_name"] = _("Give the client a name, phone or email.")
@@ -93,30 +90,116 @@ def contact_find_or_create(
         raise InvalidInput(
             _("The client's details are invalid: fix the marked fields."), fields=errors
         )
-    contact = None
-    if phone_n:
-        contact = Contact.objects.filter(phone_normalized=phone_n).order_by("id").first()
-    if contact is None and email_n:
-        contact = Contact.objects.filter(email_normalized=email_n).order_by("id").first()
-    if contact is None:
-        return Contact.objects.create(
-            name=(name or company or phone or email).strip(),
-            phone=phone.strip(),
-            email=email.strip(),
-            company=company.strip(),
-            phone_normalized=phone_n,
-            email_normalized=email_n,
-            created_at=at or timezone.now(),
+
+
+class ContactBook:
+    """Clients found by normalised phone or email: the matching rule of every new deal.
+
+    A phone match wins over an email match, and among several clients with the
+    same phone the oldest. ``preload`` reads every client a batch may need in
+    one query; ``find_or_new`` then returns the known client (blank details
+    filled in) or a new, unsaved one, remembered so that the same client twice
+    in a batch is one client. ``save`` writes the new and changed ones.
+    """
+
+    def __init__(self) -> None:
+        self._by_phone: dict[str, Contact] = {}
+        self._by_email: dict[str, Contact] = {}
+        self._looked_up: set[tuple[str, str]] = set()
+        self._new: list[Contact] = []
+        self._filled: dict[int, Contact] = {}
+
+    def preload(self, details: Iterable[tuple[str, str]]) -> list[Contact]:
+        """Read the clients matching any of these (phone, email); return all of them."""
+        phones, emails = set(), set()
+        for phone, email in details:
+            phones.add(normalize_phone(phone))
+            emails.add(normalize_email(email))
+        phones.discard("")
+        emails.discard("")
+        self._looked_up |= {("phone", p) for p in phones} | {("email", e) for e in emails}
+        if not (phones or emails):
+            return []
+        found = list(
+            Contact.objects.filter(
+                Q(phone_normalized__in=phones) | Q(email_normalized__in=emails)
+            ).order_by("id")
         )
-    changed = []
-    for attr, value in (("phone", phone), ("email", email), ("company", company)):
-        if value and not getattr(contact, attr):
-            setattr(contact, attr, value.strip())
-            changed.append(attr)
-    if changed:
-        contact.phone_normalized = normalize_phone(contact.phone)
-        contact.email_normalized = normalize_email(contact.email)
-        contact.save(update_fields=[*changed, "phone_normalized", "email_normalized"])
+        for contact in found:
+            self._remember(contact)
+        return found
+
+    def _remember(self, contact: Contact) -> None:
+        if contact.phone_normalized:
+            self._by_phone.setdefault(contact.phone_normalized, contact)
+        if contact.email_normalized:
+            self._by_email.setdefault(contact.email_normalized, contact)
+
+    def _known(self, kind: str, value: str) -> Contact | None:
+        index = self._by_phone if kind == "phone" else self._by_email
+        if value and (kind, value) not in self._looked_up and value not in index:
+            self._looked_up.add((kind, value))
+            field = f"{kind}_normalized"
+            contact = Contact.objects.filter(**{field: value}).order_by("id").first()
+            if contact is not None:
+                self._remember(contact)
+        return index.get(value) if value else None
+
+    def find_or_new(
+        self, *, name: str = "", phone: str = "", email: str = "", company: str = "", at=None
+    ) -> Contact:
+        _contact_errors(name=name, phone=phone, email=email, company=company)
+        phone_n, email_n = normalize_phone(phone), normalize_email(email)
+        contact = self._known("phone", phone_n) or self._known("email", email_n)
+        if contact is None:
+            contact = Contact(
+                name=(name or company or phone or email).strip(),
+                phone=phone.strip(),
+                email=email.strip(),
+                company=company.strip(),
+                phone_normalized=phone_n,
+                email_normalized=email_n,
+                created_at=at or timezone.now(),
+            )
+            self._new.append(contact)
+            self._remember(contact)
+            return contact
+        filled = False
+        for attr, value in (("phone", phone), ("email", email), ("company", company)):
+            if value and not getattr(contact, attr):
+                setattr(contact, attr, value.strip())
+                filled = True
+        if filled:
+            contact.phone_normalized = normalize_phone(contact.phone)
+            contact.email_normalized = normalize_email(contact.email)
+            self._remember(contact)
+            if contact.pk is not None:
+                self._filled[contact.pk] = contact
+        return contact
+
+    def save(self, used: Iterable[Contact] | None = None) -> None:
+        """Write the new clients and the filled-in ones (only those in ``used``, if given)."""
+        keep = None if used is None else {id(contact) for contact in used}
+        new = [c for c in self._new if keep is None or id(c) in keep]
+        if new:
+            Contact.objects.bulk_create(new)
+        for contact in self._filled.values():
+            if keep is None or id(contact) in keep:
+                contact.save(
+                    update_fields=[
+                        "phone", "email", "company", "phone_normalized", "email_normalized"
+                    ]
+                )  # fmt: skip
+        self._new, self._filled = [], {}
+
+
+def contact_find_or_create(
+    *, name: str = "", phone: str = "", email: str = "", company: str = "", at=None
+) -> Contact:
+    """The client with this phone or email, or a new one. Blank details are filled in."""
+    book = ContactBook()
+    contact = book.find_or_new(name=name, phone=phone, email=email, company=company, at=at)
+    book.save()
     return contact
 
 
@@ -242,8 +325,18 @@ def _parse_datetime(raw, name: str) -> datetime.datetime | None:
     return value
 
 
-def _apply_values(deal: Deal, values: dict, *, at: datetime.datetime | None = None) -> list[str]:
-    """Validate and set editable fields and client details; return changed field names."""
+def _apply_values(
+    deal: Deal,
+    values: dict,
+    *,
+    at: datetime.datetime | None = None,
+    contacts: ContactBook | None = None,
+) -> list[str]:
+    """Validate and set editable fields and client details; return changed field names.
+
+    A deal without a client gets one from ``contacts`` (unsaved if new: the
+    caller saves the book), or, without a book, found or created at once.
+    """
     unknown = set(values) - set(EDITABLE_FIELDS) - set(CONTACT_FIELDS)
     if unknown:
         raise InvalidInput(
@@ -285,7 +378,10 @@ def _apply_values(deal: Deal, values: dict, *, at: datetime.datetime | None = No
         attr: values[key] or "" for key, attr in CONTACT_FIELDS.items() if key in values
     }
     if contact_values:
-        if deal.contact_id is None:
+        if deal.contact_id is None and contacts is not None:
+            deal.contact = contacts.find_or_new(**contact_values, at=at)
+            changed.append("contact")
+        elif deal.contact_id is None:
             deal.contact = contact_find_or_create(**contact_values, at=at)
             changed.append("contact")
         else:
@@ -364,6 +460,130 @@ def _set_status(
 # ---------------------------------------------------------------- deals
 
 
+class DealOpener:
+    """Opens deals in one funnel at one stage: the rules of a new deal, the writes in bulk.
+
+    ``prepare`` checks one deal in memory and raises the errors ``deal_create``
+    raises, writing nothing. ``save`` writes the prepared deals with their first
+    StageChange, analytics summaries, the stage's tasks and webhook deliveries
+    in a few statements, whatever their number. ``deal_create`` opens one deal
+    with it; lead intake opens a whole batch.
+    """
+
+    def __init__(
+        self,
+        funnel: Funnel,
+        *,
+        stage: Stage | None = None,
+        at: datetime.datetime | None = None,
+        contacts: ContactBook | None = None,
+    ) -> None:
+        self.funnel = funnel
+        self.at = at or timezone.now()
+        self.contacts = contacts if contacts is not None else ContactBook()
+        if not funnel.is_active:
+            raise InvalidInput(_("The funnel “%(name)s” is archived.") % {"name": funnel.name})
+        stages = list(funnel.stages.order_by("position"))
+        if not stages:
+            raise InvalidInput(_("The funnel has no stages yet."))
+        if stage is None:
+            stage = stages[0]
+        elif stage.funnel_id != funnel.pk:
+            raise InvalidInput(
+                _("The stage “%(stage)s” is not in the funnel “%(funnel)s”.")
+                % {"stage": stage.name, "funnel": funnel.name},
+                fields={"stage": _("Choose a stage of this funnel.")},
+            )
+        self.stage = stage
+        self._required_by = [s for s in stages if s.position <= stage.position]
+        self._templates = None
+
+    def prepare(
+        self,
+        *,
+        actor: User | None,
+        title: str,
+        owner: User | None = None,
+        contact: Contact | None = None,
+        values: dict | None = None,
+        external_id: str | None = None,
+    ) -> Deal:
+        """A checked, unsaved deal. Its owner may still be set before ``save``."""
+        if owner is not None and not owner.is_active:
+            raise InvalidInput(
+                _("%(user)s is deactivated and cannot own deals.") % {"user": owner},
+                fields={"owner": _("Choose an active user.")},
+            )
+        at = self.at
+        deal = Deal(
+            funnel=self.funnel,
+            stage=self.stage,
+            title="",
+            owner=owner,
+            contact=contact,
+            external_id=external_id or None,
+            created_at=at,
+            stage_entered_at=at,
+        )
+        _check_actor(actor, deal)
+        _apply_values(deal, {"title": title, **(values or {})}, at=at, contacts=self.contacts)
+        _check_required(
+            deal,
+            self._required_by,
+            _("open the deal at “%(stage)s”") % {"stage": self.stage.name},
+        )
+        deal.reached_position = self.stage.position
+        return deal
+
+    def save(self, deals: list[Deal], *, actor: User | None = None) -> list[Deal]:
+        """Write the prepared deals (and the clients they name) in order; return them.
+
+        An external id already taken in the funnel raises ``Conflict``; the
+        caller's transaction must then roll back (``deal_create``'s own atomic
+        block does).
+        """
+        if not deals:
+            return deals
+        known_clients = {deal.contact.pk for deal in deals if deal.contact and deal.contact.pk}
+        self.contacts.save(used=[deal.contact for deal in deals if deal.contact is not None])
+        repeat = facts.repeat_clients(known_clients)  # a new client has no sale yet
+        for deal in deals:
+            deal.is_repeat_client = deal.contact is not None and deal.contact.pk in repeat
+        try:
+            Deal.objects.bulk_create(deals)
+        except IntegrityError as error:
+            # The caller's transaction (or savepoint) is rolled back with this error.
+            taken = sorted({deal.external_id for deal in deals if deal.external_id})
+            if taken and "external_id" in str(error):
+                raise Conflict(
+                    _("The funnel already has a deal with the external id “%(id)s”.")
+                    % {"id": ", ".join(taken)},
+                    fields={"external_id": _("Use another id, or update the existing deal.")},
+                ) from None
+            raise
+        at = self.at
+        StageChange.objects.bulk_create(
+            StageChange(deal=deal, from_stage=None, to_stage=self.stage, at=at, actor=actor)
+            for deal in deals
+        )
+        facts.record_created(deals, at)
+        if self._templates is None:
+            self._templates = list(self.stage.task_templates.all())
+        Task.objects.bulk_create(
+            Task(
+                deal=deal,
+                assignee=deal.owner,
+                title=template.title,
+                due_at=at + datetime.timedelta(minutes=template.due_in_minutes),
+                created_at=at,
+            )
+            for deal in deals
+            for template in self._templates
+        )
+        webhooks_dispatch_many(deals=deals, event=WebhookEvent.CREATED)
+        return deals
+
+
 @transaction.atomic
 def deal_create(
     *,
@@ -384,61 +604,16 @@ def deal_create(
     every stage up to the entry stage apply; the entry stage's tasks are made.
     A manager may create deals only for himself (or unassigned in his funnels).
     """
-    at = at or timezone.now()
-    if not funnel.is_active:
-        raise InvalidInput(_("The funnel “%(name)s” is archived.") % {"name": funnel.name})
-    stages = list(funnel.stages.order_by("position"))
-    if not stages:
-        raise InvalidInput(_("The funnel has no stages yet."))
-    if stage is None:
-        stage = stages[0]
-    elif stage.funnel_id != funnel.pk:
-        raise InvalidInput(
-            _("The stage “%(stage)s” is not in the funnel “%(funnel)s”.")
-            % {"stage": stage.name, "funnel": funnel.name},
-            fields={"stage": _("Choose a stage of this funnel.")},
-        )
-    if owner is not None and not owner.is_active:
-        raise InvalidInput(
-            _("%(user)s is deactivated and cannot own deals.") % {"user": owner},
-            fields={"owner": _("Choose an active user.")},
-        )
-    deal = Deal(
-        funnel=funnel,
-        stage=stage,
-        title="",
+    opener = DealOpener(funnel, stage=stage, at=at)
+    deal = opener.prepare(
+        actor=actor,
+        title=title,
         owner=owner,
         contact=contact,
-        external_id=external_id or None,
-        created_at=at,
-        stage_entered_at=at,
+        values=values,
+        external_id=external_id,
     )
-    _check_actor(actor, deal)
-    _apply_values(deal, {"title": title, **(values or {})}, at=at)
-    _check_required(
-        deal,
-        [s for s in stages if s.position <= stage.position],
-        _("open the deal at “%(stage)s”") % {"stage": stage.name},
-    )
-    deal.reached_position = stage.position
-    taken = Conflict(
-        _("The funnel already has a deal with the external id “%(id)s”.") % {"id": external_id},
-        fields={"external_id": _("Use another id, or update the existing deal.")},
-    )
-    if external_id and Deal.objects.filter(funnel=funnel, external_id=external_id).exists():
-        raise taken
-    try:
-        with transaction.atomic():  # a savepoint: a concurrent twin fails only this insert
-            deal.save()
-    except IntegrityError:
-        if external_id and Deal.objects.filter(funnel=funnel, external_id=external_id).exists():
-            raise taken from None
-        raise
-    StageChange.objects.create(deal=deal, from_stage=None, to_stage=stage, at=at, actor=actor)
-    facts.record_created(deal, at)
-    _create_stage_tasks(deal, stage, at)
-    webhooks_dispatch(deal=deal, event=WebhookEvent.CREATED)
-    return deal
+    return opener.save([deal], actor=actor)[0]
 
 
 @transaction.atomic
@@ -783,3 +958,12 @@ def note_add(
     note = Note.objects.create(deal=deal, author=actor, text=text, created_at=at)
     _record_activity(deal, actor, at)
     return note
+
+
+def notes_add_system(*, notes: list[tuple[Deal, str]], at: datetime.datetime) -> list[Note]:
+    """Notes written by the system (lead intake), in one statement. The system is no
+    response to the client, so no first-response time is recorded (as ``note_add``
+    with ``actor=None``)."""
+    return Note.objects.bulk_create(
+        Note(deal=deal, author=None, text=text.strip(), created_at=at) for deal, text in notes
+    )

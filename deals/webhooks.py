@@ -108,22 +108,34 @@ def webhooks_dispatch(*, deal: Deal, event: str) -> list[WebhookDelivery]:
     Call it inside the change's transaction: the delivery rows roll back with
     the change, and the task is only scheduled once the change is committed.
     """
+    return webhooks_dispatch_many(deals=[deal], event=event)
+
+
+def webhooks_dispatch_many(*, deals: list[Deal], event: str) -> list[WebhookDelivery]:
+    """``webhooks_dispatch`` for many deals of one change (a batch of leads): one
+    query for the subscriptions, one insert for the deliveries."""
     if event not in WebhookEvent.values:
         raise ValueError(f"Unknown webhook event {event!r}.")
+    if not deals:
+        return []
+    funnel_ids = {deal.funnel_id for deal in deals}
     subscriptions = [
         subscription
         for subscription in WebhookSubscription.objects.filter(is_active=True).filter(
-            Q(funnel__isnull=True) | Q(funnel_id=deal.funnel_id)
+            Q(funnel__isnull=True) | Q(funnel_id__in=funnel_ids)
         )
         # JSON "contains" differs between SQLite and PostgreSQL: filter the list here.
         if event in (subscription.events or [])
     ]
     if not subscriptions:
         return []
-    payload = webhook_payload(deal=deal, event=event)
     deliveries = WebhookDelivery.objects.bulk_create(
-        WebhookDelivery(subscription=subscription, event=event, payload=payload)
+        WebhookDelivery(
+            subscription=subscription, event=event, payload=webhook_payload(deal=deal, event=event)
+        )
+        for deal in deals
         for subscription in subscriptions
+        if subscription.funnel_id in (None, deal.funnel_id)
     )
     # Imported here: deals.tasks imports deals.services, which imports this module.
     from deals.tasks import deliver_webhook

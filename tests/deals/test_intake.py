@@ -5,8 +5,11 @@ from collections import Counter
 from decimal import Decimal
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from accounts.models import Role
+from analytics.models import StageReach, StageTime
 from crm.errors import Forbidden, InvalidInput
 from deals.intake import (
     IdempotencyKeyReused,
@@ -14,7 +17,17 @@ from deals.intake import (
     LeadData,
     lead_intake,
 )
-from deals.models import Deal, DealStatus, IntakeIdempotencyRecord, LeadReceipt, Note, Task
+from deals.models import (
+    Deal,
+    DealStatus,
+    IntakeIdempotencyRecord,
+    LeadReceipt,
+    Note,
+    StageChange,
+    Task,
+    WebhookDelivery,
+    WebhookSubscription,
+)
 from deals.services import deal_lose
 from tests.factories import DealFactory, FunnelFactory, UserFactory
 from tests.story import row_counts
@@ -372,3 +385,66 @@ def test_heads_are_not_in_the_rotation(head, manager, funnel):
     for n in range(4):
         take(client, lead(n))
     assert set(Deal.objects.values_list("owner__username", flat=True)) == {"masha", "petya"}
+
+
+def test_two_leads_of_one_client_in_a_batch_make_one_deal_and_a_note(client):
+    result = take(
+        client,
+        lead(1, contact_phone="+7 900 111 22 33"),
+        lead(2, contact_phone="8 900 111-22-33", comment="Me again"),
+        LeadData(contact_email="new@example.com"),
+        LeadData(contact_email="NEW@example.com"),
+    )
+
+    statuses = [(r["status"], r["deal_id"]) for r in result.results]
+    deals = list(Deal.objects.order_by("pk").values_list("pk", flat=True))
+    assert statuses == [
+        ("created", deals[0]),
+        ("attached", deals[0]),
+        ("created", deals[1]),
+        ("attached", deals[1]),
+    ]
+    assert Note.objects.filter(deal_id=deals[0]).count() == 1
+    # One client per phone and email, not one per lead.
+    assert Deal.objects.values("contact").distinct().count() == 2
+
+
+def test_a_batch_takes_the_same_number_of_queries_whatever_its_size(client):
+    take(client, lead(0))  # the intake row and the funnel's first lead exist
+
+    def batch(start: int, size: int) -> list[LeadData]:
+        return [
+            LeadData(
+                contact_name=f"Client {n}",
+                contact_phone=f"+7 901 {n:07d}",
+                external_id=f"x-{n}",
+                comment="From the site",
+            )
+            for n in range(start, start + size)
+        ]
+
+    with CaptureQueriesContext(connection) as small:
+        take(client, *batch(100, 5))
+    with CaptureQueriesContext(connection) as large:  # 30: SQLite splits inserts at 999 values
+        take(client, *batch(200, 30))
+
+    assert len(large) == len(small)
+    assert Deal.objects.count() == 36
+    assert StageChange.objects.count() == 36
+    assert (StageReach.objects.count(), StageTime.objects.count()) == (36, 36)
+    assert Note.objects.count() == 35
+
+
+def test_a_batch_sends_one_webhook_delivery_per_new_deal(client, funnel):
+    WebhookSubscription.objects.create(
+        url="http://127.0.0.1:9/hook", secret="s", events=["created"], funnel=funnel
+    )
+    WebhookSubscription.objects.create(url="http://127.0.0.1:9/won", secret="s", events=["won"])
+
+    result = take(client, lead(1), lead(2), lead(1))
+
+    deliveries = WebhookDelivery.objects.order_by("pk")
+    assert [d.payload["deal"]["id"] for d in deliveries] == [
+        r["deal_id"] for r in result.results[:2]
+    ]
+    assert {d.event for d in deliveries} == {"created"}

@@ -203,6 +203,8 @@ class Command(BaseCommand):
             **os.environ,
             "DATABASE_URL": settings.DATABASE_URL,
             "DEBUG": "false",
+            # As in docker-compose.yml: each worker keeps its database connection.
+            "DB_PERSISTENT_CONNECTIONS": "true",
             "SECRET_KEY": secrets.token_urlsafe(40),
             "ALLOWED_HOSTS": "127.0.0.1",
             "API_LEADS_THROTTLE_RATE": BENCH_THROTTLE_RATE,
