@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from django.db.models import F, Max
 
 from analytics.models import StageReach, StageTime
-from crm.db import insert_rows, update_rows
+from crm.db import insert_objects, insert_rows, update_rows
 from deals.models import Deal, DealStatus, Note, StageChange, StatusChange, Task
 from funnels.models import Funnel, Stage
 
@@ -82,29 +82,33 @@ def _responded(deal: Deal, actor, at: datetime.datetime) -> list[str]:
 def record_created(deals: list[Deal], at: datetime.datetime) -> None:
     """New deals (saved with ``reached_position`` = their entry stage's position and
     ``is_repeat_client`` from ``repeat_clients``) reached every position up to their
-    entry stage and start a visit there. Three statements for any number of deals."""
-    StageReach.objects.bulk_create(
-        StageReach(
-            deal=deal,
-            funnel_id=deal.funnel_id,
-            entered_at=deal.created_at,
-            position=position,
-            reached_at=at,
-        )
-        for deal in deals
-        for position in range(0, deal.stage.position + 1)
+    entry stage and start a visit there. Two statements for any number of deals."""
+    insert_objects(
+        [
+            StageReach(
+                deal=deal,
+                funnel_id=deal.funnel_id,
+                entered_at=deal.created_at,
+                position=position,
+                reached_at=at,
+            )
+            for deal in deals
+            for position in range(0, deal.stage.position + 1)
+        ]
     )
-    StageTime.objects.bulk_create(
-        StageTime(
-            deal=deal,
-            stage_id=deal.stage_id,
-            funnel_id=deal.funnel_id,
-            owner_id=deal.owner_id,
-            entered_at=deal.created_at,
-            visits=1,
-            visit_started_at=at,
-        )
-        for deal in deals
+    insert_objects(
+        [
+            StageTime(
+                deal=deal,
+                stage_id=deal.stage_id,
+                funnel_id=deal.funnel_id,
+                owner_id=deal.owner_id,
+                entered_at=deal.created_at,
+                visits=1,
+                visit_started_at=at,
+            )
+            for deal in deals
+        ]
     )
 
 

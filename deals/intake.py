@@ -41,6 +41,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from accounts.models import ApiKey, Role, User
+from crm.db import insert_objects
 from crm.errors import DomainError, Forbidden, InvalidInput
 from deals.models import (
     Deal,
@@ -416,17 +417,19 @@ class _FunnelBatch:
         self._assign_turns([deal for deal, lead in new if lead.owner_id is None])
         opener.save([deal for deal, _lead in new])
         notes_add_system(notes=notes, at=self.at)
-        LeadReceipt.objects.bulk_create(
-            LeadReceipt(
-                funnel_id=funnel.pk,
-                deal=deal,
-                outcome=outcome,
-                external_id=lead.external_id or None,
-                client=client.label,
-                payload=lead.payload,
-                received_at=self.at,
-            )
-            for lead, deal, outcome in receipts
+        insert_objects(
+            [
+                LeadReceipt(
+                    funnel_id=funnel.pk,
+                    deal=deal,
+                    outcome=outcome,
+                    external_id=lead.external_id or None,
+                    client=client.label,
+                    payload=lead.payload,
+                    received_at=self.at,
+                )
+                for lead, deal, outcome in receipts
+            ]
         )
         return {
             index: outcome

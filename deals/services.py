@@ -22,6 +22,7 @@ from django.utils.translation import gettext as _
 
 from accounts.models import User
 from analytics import facts
+from crm.db import insert_objects
 from crm.errors import Conflict, Forbidden, InvalidInput, NotFound
 from deals.models import (
     Contact,
@@ -562,23 +563,27 @@ class DealOpener:
                 ) from None
             raise
         at = self.at
-        StageChange.objects.bulk_create(
-            StageChange(deal=deal, from_stage=None, to_stage=self.stage, at=at, actor=actor)
-            for deal in deals
+        insert_objects(
+            [
+                StageChange(deal=deal, from_stage=None, to_stage=self.stage, at=at, actor=actor)
+                for deal in deals
+            ]
         )
         facts.record_created(deals, at)
         if self._templates is None:
             self._templates = list(self.stage.task_templates.all())
-        Task.objects.bulk_create(
-            Task(
-                deal=deal,
-                assignee=deal.owner,
-                title=template.title,
-                due_at=at + datetime.timedelta(minutes=template.due_in_minutes),
-                created_at=at,
-            )
-            for deal in deals
-            for template in self._templates
+        insert_objects(
+            [
+                Task(
+                    deal=deal,
+                    assignee=deal.owner,
+                    title=template.title,
+                    due_at=at + datetime.timedelta(minutes=template.due_in_minutes),
+                    created_at=at,
+                )
+                for deal in deals
+                for template in self._templates
+            ]
         )
         webhooks_dispatch_many(deals=deals, event=WebhookEvent.CREATED)
         return deals
@@ -960,10 +965,10 @@ def note_add(
     return note
 
 
-def notes_add_system(*, notes: list[tuple[Deal, str]], at: datetime.datetime) -> list[Note]:
+def notes_add_system(*, notes: list[tuple[Deal, str]], at: datetime.datetime) -> None:
     """Notes written by the system (lead intake), in one statement. The system is no
     response to the client, so no first-response time is recorded (as ``note_add``
     with ``actor=None``)."""
-    return Note.objects.bulk_create(
-        Note(deal=deal, author=None, text=text.strip(), created_at=at) for deal, text in notes
+    insert_objects(
+        [Note(deal=deal, author=None, text=text.strip(), created_at=at) for deal, text in notes]
     )

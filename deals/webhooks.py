@@ -35,7 +35,6 @@ from django.core.exceptions import ValidationError
 from django.core.mail import mail_admins
 from django.core.validators import URLValidator
 from django.db import transaction
-from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -118,14 +117,13 @@ def webhooks_dispatch_many(*, deals: list[Deal], event: str) -> list[WebhookDeli
         raise ValueError(f"Unknown webhook event {event!r}.")
     if not deals:
         return []
-    funnel_ids = {deal.funnel_id for deal in deals}
+    funnel_ids = {None} | {deal.funnel_id for deal in deals}
     subscriptions = [
         subscription
-        for subscription in WebhookSubscription.objects.filter(is_active=True).filter(
-            Q(funnel__isnull=True) | Q(funnel_id__in=funnel_ids)
-        )
-        # JSON "contains" differs between SQLite and PostgreSQL: filter the list here.
-        if event in (subscription.events or [])
+        # Few rows: the funnel and the event (JSON "contains" differs between SQLite
+        # and PostgreSQL) are matched here, and the query stays cheap to build.
+        for subscription in WebhookSubscription.objects.filter(is_active=True)
+        if subscription.funnel_id in funnel_ids and event in (subscription.events or [])
     ]
     if not subscriptions:
         return []
