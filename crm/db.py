@@ -48,7 +48,9 @@ def insert_rows(
     table = connection.ops.quote_name(model._meta.db_table)
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            with cursor.cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+            # The raw cursor's errors become Django's (IntegrityError, ...), as the ORM's do.
+            copy_sql = f"COPY {table} ({names}) FROM STDIN"
+            with connection.wrap_database_errors, cursor.cursor.copy(copy_sql) as copy:
                 for row in rows:
                     copy.write_row(prep(row))
             return
@@ -105,3 +107,30 @@ def insert_objects(objects: Sequence[models.Model]) -> None:
         [field.name for field in fields],
         ([field.pre_save(obj, add=True) for field in fields] for obj in objects),
     )
+
+
+def insert_objects_with_ids(objects: Sequence[models.Model], *, copy_from: int = 10) -> None:
+    """Insert unsaved instances of one model and set their ids, as ``bulk_create`` does.
+
+    From ``copy_from`` objects on, on PostgreSQL, the ids are taken from the table's
+    sequence first and the rows written with COPY: a few times less work per row.
+    Fewer objects (one lead) go through ``bulk_create``: one statement instead of two.
+    """
+    if not objects:
+        return
+    model = type(objects[0])
+    ids = reserve_ids(model, len(objects)) if len(objects) >= copy_from else None
+    if ids is None:
+        model.objects.bulk_create(objects)
+        return
+    for obj, pk in zip(objects, ids, strict=True):
+        obj.pk = pk
+    fields = list(model._meta.concrete_fields)
+    insert_rows(
+        model,
+        [field.name for field in fields],
+        ([field.pre_save(obj, add=True) for field in fields] for obj in objects),
+    )
+    for obj in objects:
+        obj._state.adding = False
+        obj._state.db = connection.alias

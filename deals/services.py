@@ -22,7 +22,7 @@ from django.utils.translation import gettext as _
 
 from accounts.models import User
 from analytics import facts
-from crm.db import insert_objects
+from crm.db import insert_objects, insert_objects_with_ids
 from crm.errors import Conflict, Forbidden, InvalidInput, NotFound
 from deals.models import (
     Contact,
@@ -181,9 +181,7 @@ class ContactBook:
     def save(self, used: Iterable[Contact] | None = None) -> None:
         """Write the new clients and the filled-in ones (only those in ``used``, if given)."""
         keep = None if used is None else {id(contact) for contact in used}
-        new = [c for c in self._new if keep is None or id(c) in keep]
-        if new:
-            Contact.objects.bulk_create(new)
+        insert_objects_with_ids([c for c in self._new if keep is None or id(c) in keep])
         for contact in self._filled.values():
             if keep is None or id(contact) in keep:
                 contact.save(
@@ -551,7 +549,7 @@ class DealOpener:
         for deal in deals:
             deal.is_repeat_client = deal.contact is not None and deal.contact.pk in repeat
         try:
-            Deal.objects.bulk_create(deals)
+            insert_objects_with_ids(deals)
         except IntegrityError as error:
             # The caller's transaction (or savepoint) is rolled back with this error.
             taken = sorted({deal.external_id for deal in deals if deal.external_id})

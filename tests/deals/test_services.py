@@ -2,11 +2,13 @@ import datetime
 from decimal import Decimal
 
 import pytest
+from django.db import transaction
 from django.utils import timezone
 
 from crm.errors import Conflict, Forbidden, InvalidInput
 from deals.models import Contact, Deal, DealStatus, Note, StageChange, StatusChange, Task
 from deals.services import (
+    DealOpener,
     deal_assign,
     deal_create,
     deal_lose,
@@ -1027,3 +1029,21 @@ def test_a_second_deal_with_the_same_external_id_is_a_conflict(funnel):
         deal_create(actor=None, funnel=funnel, title="Again", external_id="crm-1")
     assert error.value.message == "The funnel already has a deal with the external id “crm-1”."
     assert funnel.deals.filter(external_id="crm-1").count() == 1
+
+
+@pytest.mark.parametrize("size", [1, 12])  # 12: the COPY path on PostgreSQL
+def test_opening_deals_with_an_external_id_taken_meanwhile_is_a_conflict(funnel, size):
+    opener = DealOpener(funnel)
+    deals = [
+        opener.prepare(
+            actor=None, title=f"T{n}", values={"contact_name": f"C{n}"}, external_id=f"e-{n}"
+        )
+        for n in range(size)
+    ]
+    deal_create(actor=None, funnel=funnel, title="Imported", external_id="e-0")  # another door
+
+    with pytest.raises(Conflict) as caught, transaction.atomic():
+        opener.save(deals)
+
+    assert caught.value.fields == {"external_id": "Use another id, or update the existing deal."}
+    assert list(Deal.objects.values_list("title", flat=True)) == ["Imported"]
