@@ -7,7 +7,7 @@ readers; every label goes through gettext.
 """
 
 import dataclasses
-import datetime
+import functools
 import json
 import textwrap
 from collections.abc import Sequence
@@ -21,11 +21,7 @@ from analytics.stats import Bottleneck, Projection, StepDifference, step_differe
 from analytics.types import (
     Durations,
     FunnelFigures,
-    FunnelQuery,
     FunnelReport,
-    Group,
-    Money,
-    Response,
     Step,
 )
 
@@ -122,14 +118,28 @@ def wrap(text: str, width: int = 22) -> str:
     return "<br>".join(textwrap.wrap(text, width)) or text
 
 
-def figure_json(figure: go.Figure) -> dict:
-    """Plain JSON data (no numpy types) for ``json_script`` and ``Plotly.newPlot``."""
-    return {**json.loads(figure.to_json()), "config": CONFIG}
+# A Plotly figure as plain data, ``{"data": [trace, ...], "layout": {...}}``, exactly what
+# ``plotly.graph_objects.Figure.to_json()`` gives for it. Built as dicts: the graph
+# objects validate every property, some 20 ms a chart, and a dashboard page draws six.
+Figure = dict
 
 
-def _layout(figure: go.Figure, title: str, **extra) -> go.Figure:
-    figure.update_layout(
-        **{
+def figure_json(figure: Figure) -> dict:
+    """The figure for ``json_script`` and ``Plotly.newPlot``."""
+    return {**figure, "config": CONFIG}
+
+
+@functools.cache
+def _template() -> dict:
+    """Plotly's default theme, as its figures carry it (computed once per process)."""
+    return json.loads(go.Figure().to_json())["layout"]["template"]
+
+
+def _figure(traces: list[dict], title: str, **layout) -> Figure:
+    return {
+        "data": traces,
+        "layout": {
+            "template": _template(),
             "title": {"text": title, "x": 0, "font": {"size": 15}},
             "font": FONT,
             "margin": {"l": 10, "r": 10, "t": 48, "b": 10},
@@ -138,53 +148,9 @@ def _layout(figure: go.Figure, title: str, **extra) -> go.Figure:
             "colorway": list(OKABE_ITO),
             "legend": {"orientation": "h", "y": -0.2},
             "separators": get_format("DECIMAL_SEPARATOR") + get_format("THOUSAND_SEPARATOR"),
-            **extra,
-        }
-    )
-    return figure
-
-
-# ------------------------------------------------------------ the report from a snapshot
-
-
-def report_from_dict(data: dict) -> FunnelReport:
-    """Rebuild a typed report from ``FunnelReport.to_dict()`` (a stored snapshot)."""
-
-    def durations(value: dict | None) -> Durations | None:
-        return None if value is None else Durations(**value)
-
-    def figures(value: dict) -> FunnelFigures:
-        steps = [
-            Step(**{**step, "time_in_stage": durations(step.get("time_in_stage"))})
-            for step in value["steps"]
-        ]
-        return FunnelFigures(
-            entered=value["entered"],
-            steps=steps,
-            overall_conversion=value["overall_conversion"],
-            won=Money(**value["won"]),
-            average_check=value["average_check"],
-            first_sales=Money(**value["first_sales"]),
-            repeat_sales=Money(**value["repeat_sales"]),
-            lost_total=value["lost_total"],
-            open_total=value["open_total"],
-            weighted_pipeline=value["weighted_pipeline"],
-            length_to_won=Durations(**value["length_to_won"]),
-            length_to_lost=Durations(**value["length_to_lost"]),
-            response=Response(**value["response"]),
-        )
-
-    return FunnelReport(
-        query=FunnelQuery.from_dict(data["query"]),
-        funnel=data["funnel"],
-        currency=data["currency"],
-        totals=figures(data),
-        groups=[
-            Group(key=group["key"], label=group["label"], figures=figures(group))
-            for group in data["groups"]
-        ],
-        computed_at=datetime.datetime.fromisoformat(data["computed_at"]),
-    )
+            **layout,
+        },
+    }
 
 
 # ------------------------------------------------------------ tables
@@ -345,7 +311,7 @@ def managers_table(report: FunnelReport) -> Table:
 # ------------------------------------------------------------ figures
 
 
-def funnel_figure(figures: FunnelFigures) -> go.Figure:
+def funnel_figure(figures: FunnelFigures) -> Figure:
     """Count per step with % of previous and % of first; steps below target in vermillion."""
     names, labels, colours = [], [], []
     for index, step in enumerate(figures.steps):
@@ -366,45 +332,46 @@ def funnel_figure(figures: FunnelFigures) -> go.Figure:
             colours.append(GREEN)
         else:
             colours.append(VERMILLION if low else BLUE)
-    figure = go.Figure(
-        go.Funnel(
-            y=names,
-            x=[step.count for step in figures.steps],
-            text=labels,
-            textinfo="text",
-            textposition="outside",
-            textfont={"color": "#1d2330"},
-            cliponaxis=False,
-            marker={"color": colours},
-            connector={"line": {"color": "#9ca3af", "width": 1}},
-            hovertemplate="%{y}: %{text}<extra></extra>",
-        )
-    )
-    return _layout(
-        figure,
+    trace = {
+        "type": "funnel",
+        "y": names,
+        "x": [step.count for step in figures.steps],
+        "text": labels,
+        "textinfo": "text",
+        "textposition": "outside",
+        "textfont": {"color": "#1d2330"},
+        "cliponaxis": False,
+        "marker": {"color": colours},
+        "connector": {"line": {"color": "#9ca3af", "width": 1}},
+        "hovertemplate": "%{y}: %{text}<extra></extra>",
+    }
+    return _figure(
+        [trace],
         _("Funnel"),
         height=80 + 56 * len(figures.steps),
         margin={"l": 10, "r": 260, "t": 48, "b": 10},
     )
 
 
-def managers_figure(report: FunnelReport) -> go.Figure:
+def managers_figure(report: FunnelReport) -> Figure:
     steps = report.totals.steps
     transitions = [wrap(f"→ {steps[k].name}", 18) for k in range(1, len(steps))]
-    figure = go.Figure()
-    for index, group in enumerate(report.groups):
-        figure.add_bar(
-            name=group.label,
-            x=transitions,
-            y=[
+    bars = [
+        {
+            "type": "bar",
+            "name": group.label,
+            "x": transitions,
+            "y": [
                 None if s.step_conversion is None else round(s.step_conversion * 100, 1)
                 for s in group.figures.steps[1:]
             ],
-            marker_color=OKABE_ITO[index % len(OKABE_ITO)],
-            hovertemplate="%{x}: %{y} %<extra>" + group.label + "</extra>",
-        )
-    return _layout(
-        figure,
+            "marker": {"color": OKABE_ITO[index % len(OKABE_ITO)]},
+            "hovertemplate": "%{x}: %{y} %<extra>" + group.label + "</extra>",
+        }
+        for index, group in enumerate(report.groups)
+    ]
+    return _figure(
+        bars,
         _("Step conversion by manager"),
         barmode="group",
         yaxis={"title": {"text": _("Step conversion, %")}, "rangemode": "tozero"},
@@ -413,7 +380,7 @@ def managers_figure(report: FunnelReport) -> go.Figure:
     )
 
 
-def loss_figure(figures: FunnelFigures) -> go.Figure:
+def loss_figure(figures: FunnelFigures) -> Figure:
     """Deals lost at each stage, stacked by loss reason."""
     stages = [step for step in figures.steps if step.stage_id is not None]
     reasons: list[str] = []
@@ -421,16 +388,18 @@ def loss_figure(figures: FunnelFigures) -> go.Figure:
         for reason in step.lost_by_reason:
             if reason not in reasons:
                 reasons.append(reason)
-    figure = go.Figure()
-    for index, reason in enumerate(reasons):
-        figure.add_bar(
-            name=reason or _("No reason"),
-            x=[wrap(step.name, 11) for step in stages],
-            y=[step.lost_by_reason.get(reason, 0) for step in stages],
-            marker_color=OKABE_ITO[index % len(OKABE_ITO)],
-        )
-    return _layout(
-        figure,
+    bars = [
+        {
+            "type": "bar",
+            "name": reason or _("No reason"),
+            "x": [wrap(step.name, 11) for step in stages],
+            "y": [step.lost_by_reason.get(reason, 0) for step in stages],
+            "marker": {"color": OKABE_ITO[index % len(OKABE_ITO)]},
+        }
+        for index, reason in enumerate(reasons)
+    ]
+    return _figure(
+        bars,
         _("Lost deals by stage and reason"),
         barmode="stack",
         yaxis={"title": {"text": _("Deals lost")}, "rangemode": "tozero"},
@@ -445,28 +414,44 @@ class TrendPoint:
     figures: FunnelFigures | None  # None while its snapshot is being computed
 
 
-def trend_figure(points: Sequence[TrendPoint]) -> go.Figure:
+def trend_figure(points: Sequence[TrendPoint]) -> Figure:
     """Entered and won per week (bars), overall conversion (line, right axis)."""
     weeks = [point.period.date_from.isoformat() for point in points]
 
     def series(value):
         return [None if p.figures is None else value(p.figures) for p in points]
 
-    figure = go.Figure()
-    figure.add_bar(name=_("Entered"), x=weeks, y=series(lambda f: f.entered), marker_color=SKY)
-    figure.add_bar(name=_("Won"), x=weeks, y=series(lambda f: f.won.count), marker_color=GREEN)
-    figure.add_scatter(
-        name=_("Overall conversion, %"),
-        x=weeks,
-        y=series(
-            lambda f: None if f.overall_conversion is None else round(f.overall_conversion * 100, 1)
-        ),
-        mode="lines+markers",
-        line={"color": ORANGE, "width": 3},
-        yaxis="y2",
-    )
-    return _layout(
-        figure,
+    traces = [
+        {
+            "type": "bar",
+            "name": _("Entered"),
+            "x": weeks,
+            "y": series(lambda f: f.entered),
+            "marker": {"color": SKY},
+        },
+        {
+            "type": "bar",
+            "name": _("Won"),
+            "x": weeks,
+            "y": series(lambda f: f.won.count),
+            "marker": {"color": GREEN},
+        },
+        {
+            "type": "scatter",
+            "name": _("Overall conversion, %"),
+            "x": weeks,
+            "y": series(
+                lambda f: (
+                    None if f.overall_conversion is None else round(f.overall_conversion * 100, 1)
+                )
+            ),
+            "mode": "lines+markers",
+            "line": {"color": ORANGE, "width": 3},
+            "yaxis": "y2",
+        },
+    ]
+    return _figure(
+        traces,
         _("Last 12 weeks"),
         barmode="group",
         xaxis={"title": {"text": _("Week starting")}, "type": "category"},
@@ -541,7 +526,7 @@ def response_table(report: FunnelReport) -> Table:
     return Table(header=header, rows=rows)
 
 
-def response_figure(report: FunnelReport) -> go.Figure:
+def response_figure(report: FunnelReport) -> Figure:
     """Median response per manager in minutes (bars) against the target (dashed line)."""
     target = report.totals.response.target_seconds
     labels = [group.label for group in report.groups]
@@ -553,24 +538,29 @@ def response_figure(report: FunnelReport) -> go.Figure:
         VERMILLION if target and value is not None and value * 60 > target else BLUE
         for value in medians
     ]
-    figure = go.Figure()
-    figure.add_bar(
-        name=_("Median response, min"),
-        x=labels,
-        y=medians,
-        marker_color=colours,
-        hovertemplate="%{x}: %{y}<extra></extra>",
-    )
+    traces = [
+        {
+            "type": "bar",
+            "name": _("Median response, min"),
+            "x": labels,
+            "y": medians,
+            "marker": {"color": colours},
+            "hovertemplate": "%{x}: %{y}<extra></extra>",
+        }
+    ]
     if target:
-        figure.add_scatter(
-            name=_("Target, min"),
-            x=labels,
-            y=[round(target / 60, 1)] * len(labels),
-            mode="lines",
-            line={"color": BLACK, "dash": "dash", "width": 2},
+        traces.append(
+            {
+                "type": "scatter",
+                "name": _("Target, min"),
+                "x": labels,
+                "y": [round(target / 60, 1)] * len(labels),
+                "mode": "lines",
+                "line": {"color": BLACK, "dash": "dash", "width": 2},
+            }
         )
-    return _layout(
-        figure,
+    return _figure(
+        traces,
         _("Response time by manager"),
         yaxis={"title": {"text": _("Median response, min")}, "rangemode": "tozero"},
         xaxis={"type": "category"},
@@ -634,7 +624,7 @@ def _hours(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds / 3600, 1)
 
 
-def time_figure(figures: FunnelFigures) -> go.Figure:
+def time_figure(figures: FunnelFigures) -> Figure:
     """Median time per stage and to won / lost (bars, hours), the p90 as an error bar above."""
     names, medians, spreads = [], [], []
     rows = [
@@ -655,23 +645,23 @@ def time_figure(figures: FunnelFigures) -> go.Figure:
             else round(_hours(times.p90) - _hours(times.median), 1)
         )
     colours = [BLUE] * (len(rows) - 2) + [GREEN, VERMILLION]
-    figure = go.Figure()
-    figure.add_bar(
-        name=_("Median, h"),
-        x=names,
-        y=medians,
-        marker_color=colours,
-        error_y={
+    bar = {
+        "type": "bar",
+        "name": _("Median, h"),
+        "x": names,
+        "y": medians,
+        "marker": {"color": colours},
+        "error_y": {
             "type": "data",
             "symmetric": False,
             "array": spreads,
             "arrayminus": [0] * len(spreads),
             "color": BLACK,
         },
-        hovertemplate="%{x}: %{y} h<extra></extra>",
-    )
-    return _layout(
-        figure,
+        "hovertemplate": "%{x}: %{y} h<extra></extra>",
+    }
+    return _figure(
+        [bar],
         _("Time in stage and funnel length (median; whisker to p90)"),
         yaxis={"title": {"text": _("Hours")}, "rangemode": "tozero"},
         xaxis={"tickangle": 0, "type": "category"},
@@ -682,25 +672,30 @@ def time_figure(figures: FunnelFigures) -> go.Figure:
 # ------------------------------------------------------------ slices
 
 
-def slice_figure(report: FunnelReport, title: str) -> go.Figure:
+def slice_figure(report: FunnelReport, title: str) -> Figure:
     """One bar per slice value at each step: conversion from the first step, %."""
     steps = report.totals.steps[1:]
     names = [wrap(step.name, 11) for step in steps]
-    figure = go.Figure()
+    bars = []
     for index, group in enumerate(report.groups):
         label = group.label or _("Not set")
-        figure.add_bar(
-            name=label,
-            x=names,
-            y=[
-                None if s.conversion_from_first is None else round(s.conversion_from_first * 100, 1)
-                for s in group.figures.steps[1:]
-            ],
-            marker_color=OKABE_ITO[index % len(OKABE_ITO)],
-            hovertemplate="%{x}: %{y} %<extra>" + label + "</extra>",
+        bars.append(
+            {
+                "type": "bar",
+                "name": label,
+                "x": names,
+                "y": [
+                    None
+                    if s.conversion_from_first is None
+                    else round(s.conversion_from_first * 100, 1)
+                    for s in group.figures.steps[1:]
+                ],
+                "marker": {"color": OKABE_ITO[index % len(OKABE_ITO)]},
+                "hovertemplate": "%{x}: %{y} %<extra>" + label + "</extra>",
+            }
         )
-    return _layout(
-        figure,
+    return _figure(
+        bars,
         title,
         barmode="group",
         yaxis={"title": {"text": _("From first, %")}, "rangemode": "tozero"},

@@ -14,13 +14,13 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from accounts.models import User
-from analytics.periods import standard_periods, trend_weeks
+from analytics.periods import LAST_12_WEEKS, dashboard_periods
+from analytics.selectors import FILTER_VALUE_FIELDS, deal_field_values
 from analytics.types import FunnelQuery, Mode
-from deals.models import Deal, Temperature
+from deals.models import Temperature
 from funnels.models import Funnel
 
 CUSTOM = "custom"
-LAST_12_WEEKS = "last_12_weeks"
 PERIOD_CHOICES = [
     ("this_week", _("This week")),
     ("last_week", _("Last week")),
@@ -39,24 +39,8 @@ ALL = ("", _("All"))
 
 def period_dates(name: str, today: datetime.date) -> tuple[datetime.date, datetime.date]:
     """First and last day (inclusive) of a preset period."""
-    if name == LAST_12_WEEKS:
-        weeks = trend_weeks(today)
-        return weeks[0].date_from, weeks[-1].date_to
-    period = next(p for p in standard_periods(today) if p.name == name)
+    period = next(p for p in dashboard_periods(today) if p.name == name)
     return period.date_from, period.date_to
-
-
-def _distinct(funnel: Funnel | None, field: str) -> list[tuple[str, str]]:
-    if funnel is None:
-        return []
-    values = (
-        Deal.objects.filter(funnel=funnel)
-        .exclude(**{field: ""})
-        .order_by(field)
-        .values_list(field, flat=True)
-        .distinct()
-    )
-    return [(value, value) for value in values]
 
 
 class DashboardForm(forms.Form):
@@ -114,8 +98,11 @@ class DashboardForm(forms.Form):
         self.fields["funnel"].queryset = funnels
         self.funnel_for_choices = self._funnel_from_data(funnels)
         self.fields["owner"].choices = [ALL] + [(u.username, str(u)) for u in owners]
-        for field in ("source", "product", "region"):
-            self.fields[field].choices = [ALL, *_distinct(self.funnel_for_choices, field)]
+        values = (
+            deal_field_values(funnel=self.funnel_for_choices) if self.funnel_for_choices else {}
+        )
+        for field in FILTER_VALUE_FIELDS:
+            self.fields[field].choices = [ALL, *((v, v) for v in values.get(field, []))]
 
     def _funnel_from_data(self, funnels: QuerySet[Funnel]) -> Funnel | None:
         raw = (self.data.get("funnel") or "").strip()

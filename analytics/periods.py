@@ -1,4 +1,6 @@
-"""The standard periods every active funnel keeps snapshots of."""
+"""The standard periods every active funnel keeps snapshots of: the dashboard's presets,
+the periods of equal length just before them (its bottlenecks compare with those), and
+the weeks of its trend."""
 
 import dataclasses
 import datetime
@@ -40,6 +42,14 @@ def standard_periods(today: datetime.date) -> list[Period]:
     ]
 
 
+def period_before(
+    date_from: datetime.date, date_to: datetime.date
+) -> tuple[datetime.date, datetime.date]:
+    """First and last day of the period of equal length that ends the day before ``date_from``."""
+    length = date_to - date_from + datetime.timedelta(days=1)
+    return date_from - length, date_to - length
+
+
 def trend_weeks(today: datetime.date, weeks: int = 12) -> list[Period]:
     """The last ``weeks`` weeks, Monday to Sunday, oldest first; the current one is partial."""
     monday = today - datetime.timedelta(days=today.weekday())
@@ -51,6 +61,18 @@ def trend_weeks(today: datetime.date, weeks: int = 12) -> list[Period]:
     return periods
 
 
+LAST_12_WEEKS = "last_12_weeks"
+
+
+def dashboard_periods(today: datetime.date) -> list[Period]:
+    """The dashboard's preset periods: the standard ones and the trend's 12 weeks as one."""
+    weeks = trend_weeks(today)
+    return [
+        *standard_periods(today),
+        Period(LAST_12_WEEKS, weeks[0].date_from, weeks[-1].date_to, True),
+    ]
+
+
 @dataclasses.dataclass(frozen=True)
 class SnapshotSpec:
     label: str
@@ -60,14 +82,19 @@ class SnapshotSpec:
 
 
 def snapshot_specs(today: datetime.date, *, current_only: bool = False) -> list[SnapshotSpec]:
-    """What the dashboard reads: each standard period in both modes, overall and by
-    manager, and the 12-week trend in both modes."""
+    """What the dashboard reads for its presets: each preset period in both modes, overall
+    and by manager, the period of equal length before it (overall), and the 12-week trend
+    in both modes."""
     specs = []
-    for period in standard_periods(today):
+    for period in dashboard_periods(today):
         for mode in Mode:
             for group_by in (None, "owner"):
                 label = f"{period.name}:{mode}" + (f":{group_by}" if group_by else "")
                 specs.append(SnapshotSpec(label, period, mode, group_by))
+            before = Period(
+                f"{period.name}:previous", *period_before(period.date_from, period.date_to), False
+            )
+            specs.append(SnapshotSpec(f"{before.name}:{mode}", before, mode, None))
     for period in trend_weeks(today):
         for mode in Mode:
             specs.append(SnapshotSpec(f"{period.name}:{mode}", period, mode, None))

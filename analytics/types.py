@@ -184,3 +184,43 @@ class FunnelReport:
                 for g in self.groups
             ],
         }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "FunnelReport":
+        """Rebuild a typed report from ``to_dict()`` (a stored snapshot)."""
+
+        def durations(value: dict | None) -> Durations | None:
+            return None if value is None else Durations(**value)
+
+        def figures(value: dict) -> FunnelFigures:
+            steps = [
+                Step(**{**step, "time_in_stage": durations(step.get("time_in_stage"))})
+                for step in value["steps"]
+            ]
+            return FunnelFigures(
+                entered=value["entered"],
+                steps=steps,
+                overall_conversion=value["overall_conversion"],
+                won=Money(**value["won"]),
+                average_check=value["average_check"],
+                first_sales=Money(**value["first_sales"]),
+                repeat_sales=Money(**value["repeat_sales"]),
+                lost_total=value["lost_total"],
+                open_total=value["open_total"],
+                weighted_pipeline=value["weighted_pipeline"],
+                length_to_won=Durations(**value["length_to_won"]),
+                length_to_lost=Durations(**value["length_to_lost"]),
+                response=Response(**value["response"]),
+            )
+
+        return cls(
+            query=FunnelQuery.from_dict(data["query"]),
+            funnel=data["funnel"],
+            currency=data["currency"],
+            totals=figures(data),
+            groups=[
+                Group(key=group["key"], label=group["label"], figures=figures(group))
+                for group in data["groups"]
+            ],
+            computed_at=datetime.datetime.fromisoformat(data["computed_at"]),
+        )

@@ -1,8 +1,10 @@
 """The head-of-sales dashboard (``/dashboard/``): HTML and CSV.
 
 The view validates the controls (``analytics.forms``), narrows them to what the
-user may see, reads the report with ``report_or_snapshot`` and hands the typed
-results to ``analytics.charts``; the template only lays them out.
+user may see, reads every report the page needs with one ``reports_read`` (the
+stored snapshots where they are fresh, so that the presets of a large funnel are
+read rather than computed in the request) and hands the typed results to
+``analytics.charts``; the template only lays them out.
 
 Who sees what: an administrator, every funnel and manager; a head of sales, the
 funnels his teams work and the deals of his team members and himself; a
@@ -30,20 +32,21 @@ from openpyxl import Workbook
 from accounts.models import User
 from analytics import charts
 from analytics.forms import DashboardForm, WhatIfForm
-from analytics.models import FunnelSnapshot
-from analytics.periods import trend_weeks
+from analytics.periods import period_before, trend_weeks
 from analytics.selectors import (
     dashboard_funnels,
     dashboard_owners,
     snapshot_progress,
     stuck_deals,
 )
-from analytics.services import report_or_snapshot, snapshots_refresh
+from analytics.services import ReportRead, reports_read, snapshots_refresh
 from analytics.stats import bottlenecks, what_if
-from analytics.types import FunnelFigures, FunnelReport, Mode
+from analytics.types import FunnelFigures, FunnelQuery, FunnelReport, Mode
 from deals.selectors import deals_visible_to
 
 STUCK_LIMIT = 50
+# Past this many stuck deals the panel says "1000+": counting them all would read them all.
+STUCK_COUNT_LIMIT = 1000
 XLSX_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 # The slices panel: one grouped report per field, computed only when the panel is opened.
 SLICE_FIELDS = (
@@ -55,14 +58,6 @@ SLICE_FIELDS = (
 )
 
 
-def _report(query) -> tuple[FunnelReport | None, FunnelSnapshot | None]:
-    """The report now, or the snapshot being computed (with its last result, if any)."""
-    report, snapshot = report_or_snapshot(query)
-    if report is None and snapshot is not None and snapshot.result:
-        report = charts.report_from_dict(snapshot.result)
-    return report, snapshot
-
-
 def _stuck(form: DashboardForm, user: User):
     deals = deals_visible_to(user)
     filters = form.filters()
@@ -71,26 +66,31 @@ def _stuck(form: DashboardForm, user: User):
     for field in ("source", "product", "region", "temperature"):
         if field in filters:
             deals = deals.filter(**{f"{field}__in": filters[field]})
-    return stuck_deals(funnel=form.cleaned_data["funnel"], deals=deals, limit=STUCK_LIMIT)
+    return stuck_deals(
+        funnel=form.cleaned_data["funnel"],
+        deals=deals,
+        limit=STUCK_LIMIT,
+        count_limit=STUCK_COUNT_LIMIT,
+    )
 
 
-def _trend(form: DashboardForm) -> list[charts.TrendPoint]:
-    """The same funnel, mode and filters week by week; a week still being computed is None."""
-    points = []
-    for week in trend_weeks(form.today):
-        report, _snapshot = _report(form.query(date_from=week.date_from, date_to=week.date_to))
-        points.append(
-            charts.TrendPoint(period=week, figures=None if report is None else report.totals)
-        )
-    return points
+def _page_queries(form: DashboardForm) -> list[FunnelQuery]:
+    """The reports the page shows: by manager (the funnel, table and manager panels),
+    the period of equal length before (bottlenecks) and the 12 trend weeks."""
+    date_from, date_to = period_before(form.cleaned_data["date_from"], form.cleaned_data["date_to"])
+    return [
+        form.query(group_by="owner"),
+        form.query(date_from=date_from, date_to=date_to),
+        *(
+            form.query(date_from=week.date_from, date_to=week.date_to)
+            for week in trend_weeks(form.today)
+        ),
+    ]
 
 
-def _previous_period(form: DashboardForm) -> FunnelFigures | None:
-    """The same query over the period of equal length just before; None while it is computed."""
-    date_from, date_to = form.cleaned_data["date_from"], form.cleaned_data["date_to"]
-    length = date_to - date_from + datetime.timedelta(days=1)
-    report, _snapshot = _report(form.query(date_from=date_from - length, date_to=date_to - length))
-    return None if report is None else report.totals
+def _oldest(reads: list[ReportRead]) -> datetime.datetime | None:
+    """When the oldest of the figures shown was computed: a panel of several reports is as old."""
+    return min((read.report.computed_at for read in reads if read.report), default=None)
 
 
 def _bottlenecks(totals: FunnelFigures, previous: FunnelFigures | None) -> list[str]:
@@ -143,11 +143,13 @@ def _xlsx(report: FunnelReport, form: DashboardForm) -> HttpResponse:
     return response
 
 
-def _slices(form: DashboardForm) -> list[dict]:
-    """The funnel split by each slice field: a figure, or None while its snapshot is computed."""
+def _slices(form: DashboardForm) -> tuple[list[dict], datetime.datetime | None]:
+    """The funnel split by each slice field (a figure, or None while its snapshot is
+    computed), and when the oldest of them was computed."""
     slices = []
-    for field, label in SLICE_FIELDS:
-        report, _snapshot = _report(form.query(group_by=field))
+    reads = reports_read([form.query(group_by=field) for field, _label in SLICE_FIELDS])
+    for (field, label), read in zip(SLICE_FIELDS, reads, strict=True):
+        report = read.report
         slices.append(
             {
                 "field": field,
@@ -159,7 +161,7 @@ def _slices(form: DashboardForm) -> list[dict]:
                 "pending": report is None,
             }
         )
-    return slices
+    return slices, _oldest(reads)
 
 
 @login_required
@@ -173,17 +175,22 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     if not form.is_valid():
         return render(request, "analytics/dashboard.html", {"form": form}, status=400)
 
-    report, snapshot = _report(form.query(group_by="owner"))
     export = request.GET.get("export")
-    if export == "csv" and report is not None:
-        return _csv(report, form)
-    if export == "xlsx" and report is not None:
-        return _xlsx(report, form)
+    if export in ("csv", "xlsx"):
+        main = reports_read([form.query(group_by="owner")])[0]
+        if main.report is not None:
+            return (_csv if export == "csv" else _xlsx)(main.report, form)
+        reads = [main]
+    else:
+        reads = reports_read(_page_queries(form))
+    main = reads[0]
+    report = main.report
 
     context = {
         "form": form,
         "report": report,
-        "snapshot": snapshot,
+        # The snapshot being computed: no figures yet, or older figures shown meanwhile.
+        "snapshot": main.snapshot if report is None or main.stale else None,
         "calendar": form.cleaned_data["mode"] == Mode.CALENDAR,
         "now": timezone.now(),
         "progress": snapshot_progress(funnel=form.cleaned_data["funnel"]),
@@ -192,6 +199,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     }
     chart_data = {}
     if report is not None:
+        previous, weeks = reads[1], reads[2:]
         totals = report.totals
         whatif_form = WhatIfForm(request.GET, step_names=[s.name for s in totals.steps])
         projection = None
@@ -203,7 +211,10 @@ def dashboard(request: HttpRequest) -> HttpResponse:
                 entered=whatif_form.cleaned_data.get("wi_entered"),
                 conversions=whatif_form.conversions(),
             )
-        trend = _trend(form)
+        trend = [
+            charts.TrendPoint(period=week, figures=read.report and read.report.totals)
+            for week, read in zip(trend_weeks(form.today), weeks, strict=True)
+        ]
         chart_data = {
             "funnel": charts.figure_json(charts.funnel_figure(totals)),
             "loss": charts.figure_json(charts.loss_figure(totals)),
@@ -213,12 +224,14 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         if report.groups:
             chart_data["managers"] = charts.figure_json(charts.managers_figure(report))
             chart_data["response"] = charts.figure_json(charts.response_figure(report))
-        slices = None
+        slices = slices_computed_at = None
         if request.GET.get("slices") == "1":
-            slices = _slices(form)
+            slices, slices_computed_at = _slices(form)
             chart_data.update({s["chart"]: s["figure"] for s in slices if s["figure"]})
         context.update(
             totals=totals,
+            computed_at=report.computed_at,
+            stale=main.stale,
             conversion_table=charts.conversion_table(totals),
             managers_table=charts.managers_table(report),
             response_table=charts.response_table(report),
@@ -226,11 +239,16 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             loss_managers_table=charts.loss_reasons_by_manager_table(report),
             time_table=charts.time_table(totals),
             slices=slices,
+            slices_computed_at=slices_computed_at,
             slices_query=_with(request.GET, slices="1"),
             below_target=[s for s in totals.steps if charts.below_target(s)],
-            bottlenecks=_bottlenecks(totals, _previous_period(form)),
+            bottlenecks=_bottlenecks(totals, previous.report and previous.report.totals),
+            bottlenecks_computed_at=_oldest([main, previous]),
+            previous_pending=previous.report is None,
             stuck=_stuck(form, user),
             trend_pending=sum(point.figures is None for point in trend),
+            trend_computed_at=_oldest(weeks),
+            trend_stale=sum(read.stale for read in weeks),
             whatif_form=whatif_form,
             projection=projection and charts.projection_table(totals, projection, report.currency),
             csv_query=_with(request.GET, export="csv"),

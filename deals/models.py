@@ -124,6 +124,18 @@ class Deal(models.Model):
             models.Index(fields=["funnel", "created_at"], name="deal_funnel_entered_idx"),
             models.Index(fields=["funnel", "closed_at"], name="deal_funnel_closed_idx"),
             models.Index(fields=["contact", "status", "closed_at"], name="deal_contact_won_idx"),
+            # The dashboard's stuck deals: open deals oldest in their stage first, read
+            # in order and stopped at the limit (analytics.selectors.stuck_deals).
+            models.Index(
+                fields=["funnel", "status", "stage_entered_at"],
+                include=["stage", "owner"],
+                name="deal_stuck_idx",
+            ),
+            # The dashboard's filter choices: each distinct value found by one index
+            # probe (analytics.selectors.deal_field_values), not a scan of the funnel.
+            models.Index(fields=["funnel", "source"], name="deal_funnel_source_idx"),
+            models.Index(fields=["funnel", "product"], name="deal_funnel_product_idx"),
+            models.Index(fields=["funnel", "region"], name="deal_funnel_region_idx"),
         ]
         constraints = [
             models.CheckConstraint(

@@ -18,12 +18,19 @@ from django.urls import reverse
 from django.utils import timezone, translation
 
 from accounts.models import Role
+from analytics import services
 from analytics.charts import bottleneck_sentence
 from analytics.engine import funnel_report
 from analytics.models import FunnelSnapshot, SnapshotStatus
 from analytics.periods import snapshot_specs
-from analytics.selectors import SnapshotProgress, snapshot_progress
-from analytics.services import snapshots_refresh
+from analytics.selectors import (
+    SnapshotProgress,
+    deal_field_values,
+    snapshot_audiences,
+    snapshot_progress,
+    stuck_deals,
+)
+from analytics.services import ReportRead, reports_read, snapshots_refresh
 from analytics.stats import (
     Bottleneck,
     bottlenecks,
@@ -173,6 +180,21 @@ def client():
 def get(client, user, **params):
     client.force_login(user)
     return client.get(URL, params)
+
+
+def spy_on_reports(monkeypatch) -> list[FunnelQuery]:
+    """Record every query the dashboard asks ``reports_read`` for."""
+    from analytics import views
+
+    asked = []
+    real = views.reports_read
+
+    def spy(queries, **kwargs):
+        asked.extend(queries)
+        return real(queries, **kwargs)
+
+    monkeypatch.setattr(views, "reports_read", spy)
+    return asked
 
 
 # ---------------------------------------------------------------- the page
@@ -335,16 +357,7 @@ def test_response_time_and_won_per_manager_against_the_target(
         ("petya", 60),
     ]
 
-    from analytics import views
-
-    asked = []
-    real = views.report_or_snapshot
-
-    def spy(query):
-        asked.append(query.group_by)
-        return real(query)
-
-    monkeypatch.setattr(views, "report_or_snapshot", spy)
+    asked = spy_on_reports(monkeypatch)
     response = get(client, head, funnel=b2b.pk, **MARCH)
 
     assert table(response, "response-table") == [
@@ -361,8 +374,8 @@ def test_response_time_and_won_per_manager_against_the_target(
     ]
     assert figure["data"][0]["marker"]["color"] == ["#D55E00", "#0072B2"]
     # Made from the by-owner report the page computes anyway: no extra report.
-    assert asked.count("owner") == 1
-    assert set(asked) == {"owner", None}
+    assert [query.group_by for query in asked].count("owner") == 1
+    assert {query.group_by for query in asked} == {"owner", None}
 
 
 @pytest.mark.django_db
@@ -415,18 +428,9 @@ SLICES = ["source", "product", "region", "client_type", "temperature"]
 
 @pytest.mark.django_db
 def test_slices_are_computed_only_when_the_panel_is_opened(client, head, b2b, story, monkeypatch):
-    from analytics import views
-
-    asked = []
-    real = views.report_or_snapshot
-
-    def spy(query):
-        asked.append(query.group_by)
-        return real(query)
-
-    monkeypatch.setattr(views, "report_or_snapshot", spy)
+    asked = spy_on_reports(monkeypatch)
     closed = get(client, head, funnel=b2b.pk, **MARCH)
-    assert not set(SLICES) & set(asked)
+    assert not set(SLICES) & {query.group_by for query in asked}
     assert not any(key.startswith("slice-") for key in charts(closed))
     assert 'id="slices-link"' in closed.content.decode()
     assert "slices=1" in closed.content.decode()
@@ -434,7 +438,7 @@ def test_slices_are_computed_only_when_the_panel_is_opened(client, head, b2b, st
     asked.clear()
     opened = get(client, head, funnel=b2b.pk, slices="1", **MARCH)
 
-    assert [group_by for group_by in asked if group_by in SLICES] == SLICES
+    assert [query.group_by for query in asked if query.group_by in SLICES] == SLICES
     content = opened.content.decode()
     assert 'id="slices-link"' not in content
     assert "<details open>" in content
@@ -460,14 +464,14 @@ def test_slices_of_a_large_funnel_show_that_they_are_being_computed(
 ):
     from analytics import views
 
-    real = views.report_or_snapshot
+    real = views.reports_read
 
-    def queued(query):
-        if query.group_by in SLICES:
-            return None, None
-        return real(query)
+    def queued(queries, **kwargs):
+        if queries[0].group_by in SLICES:
+            return [ReportRead(None, None) for _query in queries]
+        return real(queries, **kwargs)
 
-    monkeypatch.setattr(views, "report_or_snapshot", queued)
+    monkeypatch.setattr(views, "reports_read", queued)
     response = get(client, head, funnel=b2b.pk, slices="1", **MARCH)
 
     assert response.status_code == 200
@@ -675,17 +679,19 @@ def test_bottlenecks_without_a_previous_period_name_the_steps_below_target(
 # ---------------------------------------------------------------- recompute and snapshot progress
 
 
-def standard_snapshot_count() -> int:
-    """Distinct standard snapshots of a funnel today (this week is also the trend's last week)."""
+def standard_snapshot_count(funnel) -> int:
+    """Distinct standard snapshots of a funnel today: the specs (this week is also the
+    trend's last week) for everyone and for the head whose team works it."""
+    assert [suffix for suffix, _filters in snapshot_audiences(funnel.pk)] == ["", "@head"]
     specs = snapshot_specs(timezone.localdate())
-    return len({(s.period.date_from, s.period.date_to, s.mode, s.group_by) for s in specs})
+    return 2 * len({(s.period.date_from, s.period.date_to, s.mode, s.group_by) for s in specs})
 
 
 @pytest.mark.django_db
 def test_recompute_queues_and_computes_the_funnels_snapshots_and_goes_back(
     client, head, b2b, story, django_capture_on_commit_callbacks
 ):
-    distinct = standard_snapshot_count()
+    distinct = standard_snapshot_count(b2b)
     before = get(client, head, funnel=b2b.pk, **MARCH)
     assert f"Snapshots computed: 0 of {distinct}." in before.content.decode()
     assert f'action="/dashboard/recompute/?funnel={b2b.pk}&amp;period=custom' in (
@@ -703,7 +709,8 @@ def test_recompute_queues_and_computes_the_funnels_snapshots_and_goes_back(
     assert response.url == (
         f"/dashboard/?funnel={b2b.pk}&period=custom&date_from=2025-03-01&date_to=2025-03-31"
     )
-    assert len(callbacks) == 48  # one task per standard spec, shared rows computed twice
+    # One task per standard spec and audience, shared rows computed twice.
+    assert len(callbacks) == 2 * len(snapshot_specs(timezone.localdate())) == 132
     snapshots = FunnelSnapshot.objects.filter(funnel=b2b)
     assert snapshots.count() == distinct
     assert set(snapshots.values_list("status", flat=True)) == {SnapshotStatus.DONE}
@@ -723,7 +730,7 @@ def test_recompute_without_a_query_string_goes_to_the_plain_dashboard(
         response = client.post("/dashboard/recompute/", {"funnel": b2b.pk})
 
     assert (response.status_code, response.url) == (302, "/dashboard/")
-    assert FunnelSnapshot.objects.filter(funnel=b2b).count() == standard_snapshot_count()
+    assert FunnelSnapshot.objects.filter(funnel=b2b).count() == standard_snapshot_count(b2b)
 
 
 @pytest.mark.django_db
@@ -750,7 +757,7 @@ def test_failed_and_stale_snapshots_are_noticed(
 ):
     with django_capture_on_commit_callbacks(execute=True):
         snapshots_refresh(funnel_id=b2b.pk)
-    distinct = standard_snapshot_count()
+    distinct = standard_snapshot_count(b2b)
     now = timezone.now()
     snapshots = FunnelSnapshot.objects.filter(funnel=b2b)
     snapshots.filter(label="this_month:cohort").update(
@@ -778,9 +785,251 @@ def test_failed_and_stale_snapshots_are_noticed(
         " <code>OperationalError: timeout</code>" in content
     )
     assert (
-        "Snapshots of the current periods last computed more than 30 minutes ago: 1."
+        "Snapshots that miss more than the last 30 minutes of their period: 1."
         " Recompute them." in content
     )
+
+
+# ---------------------------------------------------------------- a large funnel: snapshots
+
+
+@pytest.fixture
+def large(monkeypatch):
+    """Every period counts as too large to compute in the request, even an empty one."""
+    monkeypatch.setattr("analytics.services.DIRECT_REPORT_MAX_DEALS", -1)
+
+
+def no_engine_call(query):
+    raise AssertionError(f"computed in the request: {query}")
+
+
+@pytest.mark.django_db
+def test_a_large_funnel_queues_each_report_once_then_reads_them_from_snapshots(
+    client, head, b2b, story, large, monkeypatch, django_capture_on_commit_callbacks
+):
+    team = {"owner": ["head", "masha", "petya"]}
+    expected = report(b2b, group_by="owner", filters=team)
+
+    with django_capture_on_commit_callbacks() as queued:
+        first = get(client, head, funnel=b2b.pk, **MARCH)
+    # The main report, the period before it and the 12 trend weeks.
+    assert len(queued) == 14
+    assert "The report is being computed" in first.content.decode()
+    assert "Status: Queued, 0 %." in first.content.decode()
+    snapshots = FunnelSnapshot.objects.filter(funnel=b2b)
+    assert snapshots.count() == 14
+    assert set(snapshots.values_list("label", "status")) == {("ad hoc", SnapshotStatus.QUEUED)}
+    with django_capture_on_commit_callbacks() as again:
+        get(client, head, funnel=b2b.pk, **MARCH)
+    assert again == []  # waiting in the queue: not sent twice
+
+    for task in queued:  # the workers run
+        task()
+    assert set(snapshots.values_list("status", flat=True)) == {SnapshotStatus.DONE}
+    monkeypatch.setattr("analytics.services.funnel_report", no_engine_call)
+
+    response = get(client, head, funnel=b2b.pk, **MARCH)
+
+    assert funnel_counts(response) == step_counts(expected.totals) == [6, 4, 2, 2, 2]
+    assert [row[0] for row in table(response, "managers-table")[1:]] == ["Masha", "Petya"]
+    main = snapshots.get(params__group_by="owner")
+    assert response.context["computed_at"] == main.computed_at
+    assert response.context["snapshot"] is None  # nothing being computed
+    assert response.context["bottlenecks"] == [
+        "S2 → S3 fell from 100.0 % to 50.0 % this period",
+        "S1 → S2 fell from 100.0 % to 66.7 % this period, below its target of 80.0 %",
+    ]
+    assert response.context["trend_pending"] == 0
+
+
+@pytest.mark.django_db
+def test_a_stale_snapshot_shows_its_figures_while_it_is_recomputed(
+    client, head, b2b, story, large, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        get(client, head, funnel=b2b.pk, **MARCH)
+    # Computed on 20 March: it misses the rest of the month.
+    march_20 = datetime.datetime(2025, 3, 20, tzinfo=UTC)
+    for snapshot in FunnelSnapshot.objects.filter(funnel=b2b):
+        snapshot.computed_at = march_20
+        snapshot.result["computed_at"] = march_20.isoformat()
+        snapshot.save(update_fields=["computed_at", "result"])
+
+    with django_capture_on_commit_callbacks() as queued:
+        response = get(client, head, funnel=b2b.pk, **MARCH)
+
+    # All but the period before March: it had ended by 20 March, nothing is missing.
+    assert len(queued) == 13
+    assert funnel_counts(response) == [6, 4, 2, 2, 2]
+    assert response.context["computed_at"] == march_20
+    content = response.content.decode()
+    assert "Showing the last computed figures; a new computation is Queued (0 %)." in content
+    assert "12 weeks show older figures while they are recomputed." in content
+    with django_capture_on_commit_callbacks() as again:
+        get(client, head, funnel=b2b.pk, **MARCH)
+    assert again == []
+
+
+@pytest.mark.django_db
+def test_a_queued_snapshot_whose_message_was_lost_is_sent_again(
+    client, head, b2b, story, large, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks():
+        get(client, head, funnel=b2b.pk, **MARCH)
+    hour_ago = timezone.now() - timedelta(hours=1)
+    FunnelSnapshot.objects.filter(funnel=b2b).update(requested_at=hour_ago)
+
+    with django_capture_on_commit_callbacks() as queued:
+        get(client, head, funnel=b2b.pk, **MARCH)
+
+    assert len(queued) == 14
+    assert not FunnelSnapshot.objects.filter(requested_at=hour_ago).exists()
+
+
+@pytest.mark.django_db
+def test_a_small_funnel_computes_now_rather_than_show_a_stale_snapshot(
+    client, head, b2b, story, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        reports_read([FunnelQuery.build(funnel_id=b2b.pk, **MARCH_DATES)])
+    assert FunnelSnapshot.objects.count() == 0  # small: computed, nothing stored
+    query = FunnelQuery.build(
+        funnel_id=b2b.pk,
+        group_by="owner",
+        filters={"owner": ["head", "masha", "petya"]},
+        **MARCH_DATES,
+    )
+    snapshot = services.snapshot_ensure(query=query)
+    FunnelSnapshot.objects.filter(pk=snapshot.pk).update(
+        status=SnapshotStatus.DONE,
+        result={**report(b2b).to_dict(), "entered": 99},
+        computed_at=datetime.datetime(2025, 3, 20, tzinfo=UTC),
+    )
+
+    response = get(client, head, funnel=b2b.pk, **MARCH)
+
+    assert funnel_counts(response) == [6, 4, 2, 2, 2]
+    assert response.context["snapshot"] is None
+    assert response.context["computed_at"] > timezone.now() - timedelta(minutes=1)
+
+
+@pytest.mark.django_db
+def test_the_presets_of_a_large_funnel_come_from_the_standard_snapshots_alone(
+    client,
+    head,
+    sales_admin,
+    manager,
+    b2b,
+    django_capture_on_commit_callbacks,
+    django_assert_num_queries,
+    monkeypatch,
+):
+    # This month: masha's deal entered three hours ago and moved on.
+    start = timezone.now() - timedelta(hours=3)
+    DealStory(b2b, owner=manager, start=start).enters("S1", source="ads").moves_to("S2")
+    with django_capture_on_commit_callbacks(execute=True):
+        snapshots_refresh(funnel_id=b2b.pk)
+    this_month = {"date_from": timezone.localdate().replace(day=1), "date_to": timezone.localdate()}
+    people = {"boss": {}, "head": {"owner": ["head", "masha", "petya"]}}
+    expected = {
+        (username, mode): step_counts(report(b2b, mode=mode, filters=filters, **this_month).totals)
+        for username, filters in people.items()
+        for mode in Mode
+    }
+    assert set(map(tuple, expected.values())) == {(1, 1, 0, 0, 0)}
+    monkeypatch.setattr("analytics.services.DIRECT_REPORT_MAX_DEALS", -1)
+    monkeypatch.setattr("analytics.services.funnel_report", no_engine_call)
+
+    for user in (sales_admin, head):
+        client.force_login(user)
+        for mode in Mode:
+            with django_assert_num_queries(PAGE_QUERIES):
+                response = client.get(URL, {"funnel": b2b.pk, "mode": mode.value})
+            assert funnel_counts(response) == expected[(user.username, mode)]
+            assert response.context["snapshot"] is None
+            assert response.context["trend_pending"] == 0
+            assert not response.context["previous_pending"]
+            assert "snapshot-stale" not in response.content.decode()
+    assert not FunnelSnapshot.objects.exclude(status=SnapshotStatus.DONE).exists()
+
+
+# The session, the user, the owners he may pick, the funnel (for the choices, then the
+# form), the filter values; the stored snapshots (one query for all 14 reports), whose
+# they are (heads, and the head's people), how far they have got; the stuck deals'
+# stages and deals; the funnels of the select (Django reads them twice to render it).
+PAGE_QUERIES = 14
+
+
+@pytest.mark.django_db
+def test_snapshot_audiences_are_everyone_and_each_head_who_works_the_funnel(b2b, head):
+    other_head = factories.UserFactory(username="olga", role=Role.HEAD)
+    factories.TeamFactory(name="Kazan", head=other_head)  # works no funnel of b2b's
+    retired = factories.UserFactory(username="ivan", role=Role.HEAD, is_active=False)
+    factories.TeamFactory(name="Old", head=retired)
+    b2b.members.add(factories.UserFactory(username="yura", team=retired.headed_teams.get()))
+
+    assert snapshot_audiences(b2b.pk) == [
+        ("", {}),
+        ("@head", {"owner": ["head", "masha", "petya"]}),
+    ]
+
+
+@pytest.mark.django_db
+def test_stuck_deals_are_read_in_order_and_counted_up_to_a_limit(
+    b2b, manager, other_manager, django_assert_num_queries
+):
+    now = datetime.datetime(2025, 4, 1, tzinfo=UTC)
+    for owner in (manager, other_manager, manager):
+        DealStory(b2b, owner=owner).enters("S1")
+
+    with django_assert_num_queries(2):  # stages, deals: fewer than the limit, all of them
+        everything = stuck_deals(funnel=b2b, now=now, limit=5)
+    with django_assert_num_queries(3):
+        capped = stuck_deals(funnel=b2b, now=now, limit=1, count_limit=2)
+    exact = stuck_deals(funnel=b2b, now=now, limit=1, count_limit=3)
+
+    assert (everything.total, everything.more, everything.by_owner) == (
+        3,
+        False,
+        {"masha": 2, "petya": 1},
+    )
+    assert len(capped.deals) == 1 and (capped.total, capped.more) == (2, True)
+    assert (exact.total, exact.more, exact.by_stage) == (3, False, {"S1": 3})
+
+
+@pytest.mark.django_db
+def test_the_stuck_deals_panel_says_when_there_are_more_than_it_counted(
+    client, head, b2b, story, monkeypatch
+):
+    DealStory(b2b, owner=story["d1"].owner).enters("S1", title="Stuck too")
+    monkeypatch.setattr("analytics.views.STUCK_LIMIT", 1)
+    monkeypatch.setattr("analytics.views.STUCK_COUNT_LIMIT", 1)
+
+    response = get(client, head, funnel=b2b.pk, **MARCH)
+
+    assert '<span class="muted" id="stuck-total">(1+)</span>' in response.content.decode()
+    assert len(table(response, "stuck-table")) == 2
+
+
+@pytest.mark.django_db
+def test_filter_values_are_the_funnels_distinct_non_empty_values_in_order(b2b, manager):
+    other = factories.FunnelFactory(name="Other", members=[manager], stages=["O1"])
+    for funnel, source, region in (
+        (b2b, "site", "Moscow"),
+        (b2b, "ads", ""),
+        (b2b, "site", "Kazan"),
+        (b2b, "", "Moscow"),
+        (other, "radio", "Omsk"),
+    ):
+        DealStory(funnel, owner=manager).enters(
+            funnel.stages.first().name, source=source, region=region
+        )
+
+    assert deal_field_values(funnel=b2b) == {
+        "source": ["ads", "site"],
+        "product": [],
+        "region": ["Kazan", "Moscow"],
+    }
 
 
 # ---------------------------------------------------------------- who sees what

@@ -41,8 +41,19 @@ def test_standard_periods_on_a_wednesday_in_the_middle_of_a_quarter():
         d(2026, 11, 18),
         True,
     )
-    assert len(snapshot_specs(today)) == 6 * 2 * 2 + 12 * 2
-    assert len(snapshot_specs(today, current_only=True)) == 3 * 2 * 2 + 2
+    # Six standard periods and the last 12 weeks, in both modes, overall, by manager and
+    # the period of equal length before (overall); and the 12 trend weeks in both modes.
+    specs = snapshot_specs(today)
+    assert len(specs) == 7 * 2 * 3 + 12 * 2
+    dates = {s.label: (s.period.date_from, s.period.date_to) for s in specs}
+    assert dates["last_12_weeks:cohort:owner"] == (d(2026, 8, 31), d(2026, 11, 18))
+    assert dates["this_month:previous:cohort"] == (d(2026, 10, 14), d(2026, 10, 31))
+    assert dates["this_week:previous:calendar"] == (d(2026, 11, 13), d(2026, 11, 15))
+    assert dates["last_week:previous:cohort"] == dates["week:2026-11-02:cohort"]
+    # 80 days (11 weeks and 3 days), and the 80 days before.
+    assert dates["last_12_weeks:previous:cohort"] == (d(2026, 6, 12), d(2026, 8, 30))
+    # The periods before are past: refreshed nightly, or when they have no figures yet.
+    assert len(snapshot_specs(today, current_only=True)) == 4 * 2 * 2 + 2
 
 
 @pytest.mark.django_db
@@ -63,11 +74,12 @@ def test_refresh_computes_every_standard_snapshot_of_active_funnels(
     with django_capture_on_commit_callbacks(execute=True):
         queued = refresh_snapshots.delay().get()
 
-    # 48 standard specs; a few share parameters (this week is also the trend's last week).
+    # 66 standard specs (nobody heads a team that works the funnel); a few share
+    # parameters (this week is also the trend's last week).
     distinct = len(
         {(s.period.date_from, s.period.date_to, s.mode, s.group_by) for s in snapshot_specs(today)}
     )
-    assert queued == 48
+    assert queued == 66
     snapshots = FunnelSnapshot.objects.filter(funnel=four)
     assert snapshots.count() == distinct
     assert set(snapshots.values_list("status", flat=True)) == {SnapshotStatus.DONE}
@@ -76,8 +88,34 @@ def test_refresh_computes_every_standard_snapshot_of_active_funnels(
     assert this_week.progress == 100 and this_week.computed_at is not None
     # Running again updates the same rows: idempotent.
     with django_capture_on_commit_callbacks(execute=True):
-        assert refresh_snapshots.delay().get() == 48
+        assert refresh_snapshots.delay().get() == 66
     assert FunnelSnapshot.objects.count() == distinct
+
+
+@pytest.mark.django_db
+def test_the_quarter_hourly_refresh_takes_the_current_periods_and_any_without_figures(
+    four, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        refresh_snapshots.delay().get()
+    today = timezone.localdate()
+    current = {
+        services.snapshot_key(query)
+        for _label, query in services.standard_snapshot_queries(
+            funnel_id=four.pk, today=today, current_only=True
+        )
+    }
+    # A period that moved with the date (here: last month's figures were never computed).
+    FunnelSnapshot.objects.filter(label="last_month:cohort").update(result=None)
+    missing = FunnelSnapshot.objects.get(label="last_month:cohort")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        queued = services.snapshots_refresh(funnel_id=four.pk, current_only=True)
+
+    keys = set(FunnelSnapshot.objects.filter(pk__in=queued).values_list("key", flat=True))
+    assert keys == current | {missing.key}
+    missing.refresh_from_db()
+    assert missing.status == SnapshotStatus.DONE and missing.result is not None
 
 
 @pytest.mark.django_db

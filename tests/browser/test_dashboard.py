@@ -1,10 +1,12 @@
 """The dashboard in a real browser: the head's figures equal the engine's, calendar mode
-warns, the CSV downloads, and a manager sees only his own deals."""
+warns, the CSV downloads, a filter narrows the figures as the engine does, the what-if
+projects from the current figures, and a manager sees only his own deals."""
 
 import csv
 import datetime
 import io
 from decimal import Decimal
+from fractions import Fraction
 
 import pytest
 
@@ -114,3 +116,42 @@ def test_a_manager_sees_only_his_own_figures(page, expect, manager, b2b):
     options = page.locator("#dashboard-controls select[name=owner] option").all_inner_texts()
     assert options == ["All", "Masha"]
     expect(page.get_by_role("button", name="Recompute")).to_have_count(0)
+
+
+def test_a_head_runs_the_what_if_then_filters_by_manager(page, expect, head, b2b):
+    team = ["head", "masha", "petya"]
+    totals = funnel_report(
+        FunnelQuery.build(funnel_id=b2b.pk, filters={"owner": team}, **MARCH)
+    ).totals
+    counts = [step.count for step in totals.steps]
+    assert counts == [4, 3, 1, 1] and totals.won.amount == 1000
+    log_in(page, head)
+    show_march(page, b2b)
+
+    # Twice as many entering and S2 → S3 at 50 %: the other steps keep today's conversion,
+    # the average check stays.
+    page.fill("#whatif-form input[name=wi_entered]", "8")
+    page.fill("#whatif-form input[name=wi_step_2]", "50")
+    page.get_by_role("button", name="Project").click()
+    page.wait_for_url("**wi_entered=8**")
+
+    won = Fraction(8) * Fraction(counts[1], counts[0]) * Fraction(1, 2)
+    won *= Fraction(counts[3], counts[2])
+    revenue = won * Fraction(totals.won.amount) / totals.won.count
+    assert (won, revenue) == (3, 3000)
+    expect(page.locator("#whatif-table tbody tr")).to_have_count(5)
+    projected = page.locator("#whatif-table tbody tr > :nth-child(3)").all_inner_texts()
+    assert projected == ["8", "6", "3", "3", "3,000 RUB"]
+    assert projected[-2:] == [str(won), f"{int(revenue):,} RUB"]
+    now = page.locator("#whatif-table tbody tr > :nth-child(2)").all_inner_texts()
+    assert now == ["4", "3", "1", "1", "1,000 RUB"]
+    # The scenario keeps the period and the funnel it was made for.
+    assert table_counts(page) == counts
+
+    page.select_option("#dashboard-controls select[name=owner]", "petya")
+    page.get_by_role("button", name="Show").click()
+    page.wait_for_url("**owner=petya**")
+
+    expect(page.locator("#managers-table tbody tr > :first-child")).to_have_text("Petya")
+    assert table_counts(page) == engine_counts(b2b, ["petya"]) == [2, 1, 0, 0]
+    assert chart_counts(page) == [2, 1, 0, 0]
