@@ -9,32 +9,36 @@ Python, so both give the same figures.
 The building blocks:
 - the population: the funnel's deals matching the filters, and in cohort mode
   those that entered in the period;
-- step k counts deals that reached stage k (``reached_position``, or with a
-  conversion window or in calendar mode the ``StageReach`` rows); Won counts
-  won deals (won within the window, or won in the period);
+- step k counts deals that reached stage k: the deals that entered in the period
+  with ``reached_position`` >= k, corrected by the few ``StageReach`` rows that
+  fall outside (a conversion window's late reaches) or cross the period's edge
+  (calendar mode); Won counts won deals (won within the window, or won in the
+  period);
 - lost and open deals per stage; time in stage over finished visits; funnel
   length; response time; money.
 """
 
 import dataclasses
 import datetime
+import functools
 import math
+import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from django.db import connection, transaction
 from django.db.models import (
-    Aggregate,
-    Avg,
     Case,
     CharField,
     Count,
     F,
     FloatField,
     Func,
+    OuterRef,
     Q,
     QuerySet,
+    Subquery,
     Sum,
     Value,
     When,
@@ -67,7 +71,11 @@ TOTAL = "__all__"
 
 
 class Seconds(Func):
-    """``end - start`` in seconds, as a float, on PostgreSQL and SQLite."""
+    """``end - start`` in seconds, as a float, on PostgreSQL and SQLite.
+
+    PostgreSQL's ``date_part`` gives the float directly; ``EXTRACT`` would compute
+    an exact numeric that every aggregate then converts, several times slower.
+    """
 
     output_field = FloatField()
 
@@ -78,7 +86,7 @@ class Seconds(Func):
         return self.as_sql(
             compiler,
             conn,
-            template="EXTRACT(EPOCH FROM (%(expressions)s))",
+            template="date_part('epoch', %(expressions)s)",
             arg_joiner=" - ",
             **extra,
         )
@@ -91,19 +99,6 @@ class Seconds(Func):
             arg_joiner=") - julianday(",
             **extra,
         )
-
-
-class MedianAndP90(Aggregate):
-    """PostgreSQL's ``percentile_cont(ARRAY[0.5, 0.9]) WITHIN GROUP (ORDER BY x)``:
-    both percentiles from one sort, as a two-element array."""
-
-    function = "percentile_cont"
-    template = "%(function)s(ARRAY[0.5, 0.9]) WITHIN GROUP (ORDER BY %(expressions)s)"
-
-    def __init__(self, expression, **extra):
-        from django.contrib.postgres.fields import ArrayField
-
-        super().__init__(expression, output_field=ArrayField(FloatField()), **extra)
 
 
 def percentile_cont(sorted_values: list[float], fraction: float) -> float | None:
@@ -196,75 +191,107 @@ class _Period:
 
 @dataclasses.dataclass
 class _Duration:
-    """A duration statistic: ``value`` over the rows matching ``when``."""
+    """A duration statistic: ``value`` over the rows matching ``when`` (all: None)."""
 
     name: str
     value: object
-    when: Q
+    when: Q | None = None
 
 
-def _aggregate(
-    rows: QuerySet, keys: list[str], counts: dict[str, Aggregate], durations: list[_Duration]
-) -> dict[tuple, dict]:
-    """One grouped pass: plain aggregates, and count/mean/median/p90 of each duration.
+def _aggregate(rows: QuerySet, durations: list[_Duration], *, grouped: bool) -> dict[tuple, dict]:
+    """Count, mean, median and 90th percentile of each duration over all rows (under
+    ``TOTAL``), and when ``grouped`` also per group ``_g``.
 
-    PostgreSQL does it all in one query (``FILTER`` and ``percentile_cont``);
-    SQLite computes the same percentiles in Python.
+    PostgreSQL does it in one pass: ``FILTER``ed ``percentile_cont`` over the rows
+    sorted once by group, and ``GROUPING SETS`` for the total (percentiles do not
+    add up, so the total is measured, not summed). SQLite computes the same
+    percentiles in Python.
     """
+    if connection.vendor == "postgresql":
+        return _aggregate_postgresql(rows, durations, grouped=grouped)
     out: dict[tuple, dict] = defaultdict(dict)
-    postgres = connection.vendor == "postgresql"
-    aggregates = dict(counts)
-    if postgres:
-        for d in durations:
-            when = d.when & Q(**{f"_{d.name}__isnull": False})
-            aggregates[f"{d.name}__n"] = Count(f"_{d.name}", filter=when)
-            aggregates[f"{d.name}__mean"] = Avg(f"_{d.name}", filter=when)
-            aggregates[f"{d.name}__pct"] = MedianAndP90(f"_{d.name}", filter=when)
-        rows_pg = rows.annotate(**{f"_{d.name}": d.value for d in durations})
-        source = rows_pg.values(*keys).annotate(**aggregates) if aggregates else []
-    else:
-        source = rows.values(*keys).annotate(**aggregates) if aggregates else []
-    for row in source:
-        key = tuple(row[k] for k in keys)
-        out[key].update({name: row[name] for name in counts})
-        for d in durations if postgres else ():
+    for d in durations:
+        values: dict[tuple, list[float]] = defaultdict(list)
+        matching = rows.filter(d.when) if d.when is not None else rows
+        matching = matching.annotate(_v=d.value).filter(_v__isnull=False)
+        for group, value in matching.values_list("_g", "_v"):
+            if grouped:
+                values[(group,)].append(round(value, 3))
+            values[(TOTAL,)].append(round(value, 3))
+        for key, vals in values.items():
+            vals.sort()
             out[key][d.name] = Durations(
-                count=row[f"{d.name}__n"],
-                mean=_round(row[f"{d.name}__mean"]),
-                median=_round((row[f"{d.name}__pct"] or [None, None])[0]),
-                p90=_round((row[f"{d.name}__pct"] or [None, None])[1]),
+                count=len(vals),
+                mean=_round(sum(vals) / len(vals)),
+                median=_round(percentile_cont(vals, 0.5)),
+                p90=_round(percentile_cont(vals, 0.9)),
             )
-    if not postgres:
-        for d in durations:
-            values: dict[tuple, list[float]] = defaultdict(list)
-            matching = rows.filter(d.when).annotate(_v=d.value).filter(_v__isnull=False)
-            for row in matching.values_list(*keys, "_v"):
-                values[tuple(row[:-1])].append(round(row[-1], 3))
-            for key, vals in values.items():
-                vals.sort()
+    return out
+
+
+def _aggregate_postgresql(
+    rows: QuerySet, durations: list[_Duration], *, grouped: bool
+) -> dict[tuple, dict]:
+    # The rows are a subquery kept apart (OFFSET 0): each value and condition is
+    # computed once per row, not once per aggregate that reads it.
+    values: list = []  # distinct value expressions: several durations may share one
+    columns = {}
+    for i, d in enumerate(durations):
+        if d.value not in values:
+            values.append(d.value)
+        columns[f"_v{values.index(d.value)}"] = d.value
+        if d.when is not None:
+            columns[f"_c{i}"] = Case(When(d.when, then=Value(True)), default=Value(False))
+    inner = rows.annotate(**columns).values("_g", *columns).order_by()
+    sql, params = inner.query.sql_with_params()
+    selects = []
+    for i, d in enumerate(durations):
+        value = f"t._v{values.index(d.value)}"
+        when = "" if d.when is None else f"FILTER (WHERE t._c{i})"
+        selects += [
+            f"count({value}) {when}",
+            # In whole microseconds: an exact sum, the same whatever order the rows come in.
+            f"avg(round({value} * 1000000)::bigint) {when} / 1000000",
+            f"percentile_cont(ARRAY[0.5, 0.9]) WITHIN GROUP (ORDER BY {value}) {when}",
+        ]
+    if grouped:
+        head, grouping = "t._g, GROUPING(t._g)", " GROUP BY GROUPING SETS ((t._g), ())"
+    else:  # not even by the constant key: that would sort every row by it
+        head, grouping = "NULL, 1", ""
+    out: dict[tuple, dict] = defaultdict(dict)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT {head}, {', '.join(selects)} FROM ({sql} OFFSET 0) AS t{grouping}", params
+        )
+        for group, total, *figures in cursor.fetchall():
+            key = (TOTAL,) if total else (group,)
+            for i, d in enumerate(durations):
+                count, mean, percentiles = figures[3 * i : 3 * i + 3]
+                median, p90 = percentiles or (None, None)
                 out[key][d.name] = Durations(
-                    count=len(vals),
-                    mean=_round(sum(vals) / len(vals)),
-                    median=_round(percentile_cont(vals, 0.5)),
-                    p90=_round(percentile_cont(vals, 0.9)),
+                    count=count, mean=_round(mean), median=_round(median), p90=_round(p90)
                 )
     return out
 
 
 def _analytics_session() -> None:
-    """Exact percentiles sort in memory: give this transaction room to do it."""
+    """Exact percentiles sort in memory: give this transaction room to do it. The
+    queries are short, so compiling them (JIT) would cost more than it saves."""
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute("SET LOCAL work_mem = '256MB'")
+            cursor.execute("SET LOCAL jit = off")
+            cursor.execute("SET LOCAL max_parallel_workers_per_gather = 0")
 
 
 def funnel_report(query: FunnelQuery) -> FunnelReport:
     """Compute every figure of METRICS.md for one funnel, period and slice.
 
-    Its queries are independent reads. On PostgreSQL, outside a transaction,
-    they run two at a time on two connections (the machine's two cores);
-    inside a transaction (whose uncommitted rows other connections cannot
-    see) and on SQLite, one after another.
+    Its queries are reads. On PostgreSQL, outside a transaction, they run on two
+    connections at once (the machine's two cores) that share one snapshot, so
+    every figure comes from the same moment; inside a transaction (whose
+    uncommitted rows other connections cannot see) and on SQLite, one after
+    another.
     """
     if connection.vendor == "postgresql" and not connection.in_atomic_block:
         return _funnel_report(query, _run_on_two_connections)
@@ -278,25 +305,63 @@ def _run_in_order(jobs: dict[str, Callable]) -> dict[str, object]:
 
 
 def _run_on_two_connections(jobs: dict[str, Callable]) -> dict[str, object]:
-    def run(job: Callable):
+    """Two workers, each with its own connection, take the jobs in order (the longest
+    first). Both read-only transactions use the snapshot the first one exports, so
+    every figure of the report comes from the same moment."""
+    queue = list(jobs.items())
+    results: dict[str, object] = {}
+    state = {"failed": False, "snapshot": None}
+    lock = threading.Lock()
+    exported, imported = threading.Event(), threading.Event()
+
+    def next_job() -> tuple[str, Callable] | None:
+        with lock:
+            return None if state["failed"] or not queue else queue.pop(0)
+
+    def work(leader: bool) -> None:
         try:
-            with transaction.atomic():
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                if leader:
+                    cursor.execute("SELECT pg_export_snapshot()")
+                    state["snapshot"] = cursor.fetchone()[0]
+                    exported.set()
+                else:
+                    exported.wait()
+                    if state["snapshot"] is None:
+                        return  # the leader failed
+                    cursor.execute("SET TRANSACTION SNAPSHOT %s", [state["snapshot"]])
+                    imported.set()
                 _analytics_session()
-                return job()
+                while (item := next_job()) is not None:
+                    name, job = item
+                    results[name] = job()
+                if leader:
+                    imported.wait()  # the snapshot lives as long as this transaction
+        except BaseException:
+            state["failed"] = True
+            raise
         finally:
+            exported.set()
+            if not leader:
+                imported.set()
             connection.close()  # this thread's own connection
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {name: pool.submit(run, job) for name, job in jobs.items()}
-        return {name: future.result() for name, future in futures.items()}
+        workers = [pool.submit(work, leader) for leader in (True, False)]
+        for worker in workers:
+            worker.result()
+    return results
 
 
 class _Cube:
     """Deal counts and amounts per (group, furthest position, status, stage, reason, ...).
 
-    One plain GROUP BY (a hash aggregate the database can run in parallel) gives
-    a few thousand rows at most; every count, sum and conversion of the report
-    is then added up from them.
+    One plain GROUP BY (a hash aggregate) gives a few thousand rows at most; every
+    count, sum and conversion of the report is then added up from them. In
+    calendar mode one pass serves the deals closed in the period (``_closing``),
+    those that entered in it (``_entering``) and the open ones; in cohort mode
+    all its deals entered in the period and both flags are 1.
     """
 
     KEYS = (
@@ -308,9 +373,13 @@ class _Cube:
         "is_repeat_client",
         "_in_window",
         "_response",
+        "_closing",
+        "_entering",
     )
 
-    def __init__(self, rows: QuerySet, *, window, target_seconds: int) -> None:
+    def __init__(
+        self, rows: QuerySet, *, window, target_seconds: int, closing: Q | None, entering: Q | None
+    ) -> None:
         in_window = (
             Case(When(closed_at__lt=F("created_at") + window, then=Value(1)), default=Value(0))
             if window is not None
@@ -324,11 +393,25 @@ class _Cube:
             ),
             default=Value(2),
         )
+
+        def flag(condition: Q | None):
+            if condition is None:
+                return Value(1)
+            return Case(When(condition, then=Value(1)), default=Value(0))
+
         self.rows = list(
-            rows.annotate(_in_window=in_window, _response=response)
+            rows.annotate(
+                _in_window=in_window,
+                _response=response,
+                _closing=flag(closing),
+                _entering=flag(entering),
+            )
             .values(*self.KEYS)
             .annotate(n=Count("*"), amount=Sum("amount"))
         )
+        self.by_group: dict[object, list[dict]] = defaultdict(list)
+        for row in self.rows:
+            self.by_group[row["_g"]].append(row)
 
     def total(self, key: str, amount: bool = False, **conditions) -> float:
         checks = [
@@ -337,8 +420,8 @@ class _Cube:
         field = "amount" if amount else "n"
         return sum(
             float(row[field] or 0) if amount else row[field]
-            for row in self.rows
-            if key in (TOTAL, row["_g"]) and all(check(row[name]) for name, check in checks)
+            for row in (self.rows if key == TOTAL else self.by_group.get(key, ()))
+            if all(check(row[name]) for name, check in checks)
         )
 
 
@@ -349,6 +432,12 @@ def _funnel_report(query: FunnelQuery, run: Callable) -> FunnelReport:
     window = datetime.timedelta(days=query.window_days) if query.window_days else None
     cohort = query.mode == Mode.COHORT
     target = funnel.target_response_minutes * 60
+    grouped = bool(query.group_by)
+    # Stage reaches keep none of the deal's fields: look the deal up to group or filter.
+    needs_deal = bool(query.group_by or query.filters)
+    # Stage time keeps the deal's owner, but no other field of it.
+    fields = {field for field, _ in query.filters} | {query.group_by}
+    joins_deals = bool(fields - {None, "owner", "team"})
 
     # No default ordering: it would join the GROUP BY.
     deals = _scoped(Deal.objects.filter(funnel_id=funnel.pk).order_by(), query)
@@ -356,6 +445,8 @@ def _funnel_report(query: FunnelQuery, run: Callable) -> FunnelReport:
     if window is not None:
         won_q &= Q(closed_at__lt=F("created_at") + window)
     lost_q = Q(status=DealStatus.LOST)
+    closing_q = None if cohort else period.q("closed_at")
+    entering_q = None if cohort else period.q("created_at")
     lengths = [
         _Duration("length_won", Seconds(F("closed_at"), F("created_at")), won_q),
         _Duration("length_lost", Seconds(F("closed_at"), F("created_at")), lost_q),
@@ -368,96 +459,149 @@ def _funnel_report(query: FunnelQuery, run: Callable) -> FunnelReport:
         )
     ]
 
-    def cube(rows: QuerySet) -> _Cube:
-        return _Cube(rows, window=window, target_seconds=target)
-
-    def measure_deals(scope: FunnelQuery) -> dict[tuple, dict]:
-        """Funnel length and response time (not additive: measured per group and again
-        for the total)."""
-        rows = _scoped(Deal.objects.filter(funnel_id=funnel.pk).order_by(), scope)
-        out: dict[tuple, dict] = defaultdict(dict)
+    def measure_deals() -> dict[tuple, dict]:
+        """Funnel length and response time, per group and in total, in one pass."""
+        finished = Q(status__in=(DealStatus.WON, DealStatus.LOST))
+        responded = Q(first_response_at__isnull=False)
         if cohort:
-            finished = rows.filter(period.q("created_at")).filter(
-                Q(status__in=(DealStatus.WON, DealStatus.LOST)) | Q(first_response_at__isnull=False)
-            )
-            _merge(out, _aggregate(finished, ["_g"], {}, lengths + responses))
-        else:
-            _merge(out, _aggregate(rows.filter(period.q("closed_at")), ["_g"], {}, lengths))
-            entered = rows.filter(period.q("created_at"), first_response_at__isnull=False)
-            _merge(out, _aggregate(entered, ["_g"], {}, responses))
-        return out
+            rows = deals.filter(period.q("created_at")).filter(finished | responded)
+            return _aggregate(rows, lengths + responses, grouped=grouped)
+        # Lengths over the deals closed in the period, response time over those that
+        # entered in it.
+        rows = deals.filter((closing_q & finished) | (entering_q & responded))
+        in_period = [
+            dataclasses.replace(d, when=d.when & (closing_q if d in lengths else entering_q))
+            for d in lengths + responses
+        ]
+        return _aggregate(rows, in_period, grouped=grouped)
 
-    def measure_times(scope: FunnelQuery) -> dict[tuple, dict]:
-        """Time in stage over finished visits; one FILTERed percentile per stage, so
-        the whole set is never sorted by stage first."""
-        times = _scoped(
+    def measure_times(chosen: list) -> dict[tuple, dict]:
+        """Time in the chosen stages over finished visits, per group and in total; with
+        several stages, one FILTERed percentile each (the rows are never sorted by
+        stage first)."""
+        visits = _scoped(
             StageTime.objects.filter(
-                funnel_id=funnel.pk, visit_started_at__isnull=True, visits__gt=0
+                funnel_id=funnel.pk,
+                stage_id__in=[stage.pk for stage in chosen],
+                visit_started_at__isnull=True,
+                visits__gt=0,
             ),
-            scope,
+            query,
             "deal__",
             owner_prefix="",
         ).filter(period.q("entered_at") if cohort else period.q("last_left_at"))
+        if cohort and joins_deals:
+            # The same deals (stage time's entry date is its deal's): said again so that
+            # the join reads the period's deals, not all of the funnel's.
+            visits = visits.filter(period.q("deal__created_at"))
         per_stage = [
-            _Duration(f"time_{stage.pk}", F("seconds"), Q(stage_id=stage.pk)) for stage in stages
-        ]
-        return _aggregate(times, ["_g"], {}, per_stage)
-
-    def reached() -> dict[tuple, dict]:
-        """Deals that first reached each position within the window or the period."""
-        counts: dict[tuple, dict] = defaultdict(dict)
-        reaches = _scoped(StageReach.objects.filter(funnel_id=funnel.pk), query, "deal__")
-        if cohort:
-            reaches = reaches.filter(period.q("entered_at")).filter(
-                reached_at__lt=F("entered_at") + window
+            _Duration(
+                f"time_{stage.pk}", F("seconds"), Q(stage_id=stage.pk) if len(chosen) > 1 else None
             )
-        else:
-            reaches = reaches.filter(period.q("reached_at"))
-        for row in reaches.values("_g", "position").annotate(n=Count("*")):
-            counts[(row["_g"],)][row["position"]] = row["n"]
-            if query.group_by:
-                total = counts[(TOTAL,)]
-                total[row["position"]] = total.get(row["position"], 0) + row["n"]
+            for stage in chosen
+        ]
+        return _aggregate(visits, per_stage, grouped=grouped)
+
+    def reaches_by_group(parts: list[tuple[int, QuerySet]]) -> dict[tuple, dict]:
+        """Signed counts of the given reaches per (group, position). Each row looks its
+        deal up by key when the query needs the deal's fields: the rows are few, and a
+        join would read every deal of the funnel."""
+        counts: dict[tuple, dict] = defaultdict(dict)
+        for sign, rows in parts:
+            if needs_deal:
+                deal = _scoped(Deal.objects.filter(pk=OuterRef("deal_id")).order_by(), query)
+                rows = rows.annotate(_g=Subquery(deal.values("_g")[:1]))
+            else:
+                rows = rows.annotate(_g=Value(TOTAL, output_field=CharField()))
+            for row in rows.values("_g", "position").annotate(n=Count("*")).order_by():
+                if row["_g"] is None:  # the deal does not match the filters
+                    continue
+                for key in {row["_g"], TOTAL}:
+                    by_position = counts[(key,)]
+                    by_position[row["position"]] = (
+                        by_position.get(row["position"], 0) + sign * row["n"]
+                    )
         return counts
 
-    jobs: dict[str, Callable] = {"times": lambda: measure_times(query)}
-    if cohort:
-        jobs["closing"] = lambda: cube(deals.filter(period.q("created_at")))
+    def late_reaches() -> dict[tuple, dict]:
+        """Cohort mode with a conversion window: a deal reached a position within the
+        window if it reached it at all (the cube counts those), less the reaches that
+        came later. The lag index finds those without reading the others."""
+        late = (
+            StageReach.objects.filter(funnel_id=funnel.pk)
+            .filter(period.q("entered_at"))
+            .alias(lag=F("reached_at") - F("entered_at"))
+            .filter(lag__gte=window)
+        )
+        return reaches_by_group([(-1, late)])
+
+    def crossings() -> dict[tuple, dict]:
+        """Calendar mode: step counts from the cube's deals that entered in the period.
+
+        Such a deal reached every position up to its ``reached_position`` (the cube
+        counts them), less those it reached outside the period; a deal that entered
+        outside the period adds those it reached in it. Only these reaches that
+        cross the period's edge are read (a reach before the deal's entry is a data
+        anomaly, kept in its own small partial index).
+        """
+        reaches = StageReach.objects.filter(funnel_id=funnel.pk)
+        early = Q(reached_at__lt=F("entered_at"))  # before the deal entered: anomalies
+        return reaches_by_group(
+            [
+                # Reached in the period by a deal that entered before it.
+                (1, reaches.filter(period.q("reached_at"), entered_at__lt=period.start)),
+                # Reached after the period by a deal that entered in it.
+                (-1, reaches.filter(period.q("entered_at"), reached_at__gte=period.end)),
+                # Reached in the period by a deal that entered after it, and reached
+                # before the period by a deal that entered in it.
+                (1, reaches.filter(early, period.q("reached_at"), entered_at__gte=period.end)),
+                (-1, reaches.filter(early, period.q("entered_at"), reached_at__lt=period.start)),
+            ]
+        )
+
+    def cube() -> _Cube:
+        if cohort:
+            rows = deals.filter(period.q("created_at"))
+        else:
+            rows = deals.filter(closing_q | entering_q | Q(status__in=OPEN_STATUSES))
+        return _Cube(
+            rows, window=window, target_seconds=target, closing=closing_q, entering=entering_q
+        )
+
+    # The longest first, about: each connection takes the next job when it is free.
+    # Stage time keeps the owner: unless the query needs other deal fields (a join
+    # that each query would repeat), time in stage is a query per stage, reading only
+    # that stage's part of the index, and these small jobs even out the two
+    # connections' loads (the first stages hold the most visits).
+    jobs: dict[str, Callable] = {}
+    if joins_deals:
+        times = {"times": functools.partial(measure_times, stages)}
+        jobs |= times
     else:
-        jobs["closing"] = lambda: cube(deals.filter(period.q("closed_at")))
-        jobs["entering"] = lambda: cube(deals.filter(period.q("created_at")))
-        jobs["opening"] = lambda: cube(deals.filter(status__in=OPEN_STATUSES))
-    jobs["lengths"] = lambda: measure_deals(query)
-    if query.group_by:
-        total_scope = dataclasses.replace(query, group_by=None)
-        jobs["total_times"] = lambda: measure_times(total_scope)
-        jobs["total_lengths"] = lambda: measure_deals(total_scope)
-    if not cohort or window is not None:
-        jobs["reached"] = reached
+        times = {f"times_{s.pk}": functools.partial(measure_times, [s]) for s in stages}
+    jobs |= {"lengths": measure_deals, "cube": cube, **times}
+    if not cohort:
+        jobs["reaches"] = crossings
+    elif window is not None:
+        jobs["reaches"] = late_reaches
     results = run(jobs)
-    closing = results["closing"]
-    entering = results.get("entering", closing)
-    opening = results.get("opening", closing)
-    reach_counts = results.get("reached", {})
+    closing = entering = opening = results["cube"]
+    # Changes to the step counts of the cube's deals (calendar mode, conversion window).
+    reach_changes = results.get("reaches", {})
     durations: dict[tuple, dict] = defaultdict(dict)
-    for name in ("times", "lengths", "total_times", "total_lengths"):
-        _merge(durations, results.get(name, {}))
+    for name in ("lengths", *times):
+        _merge(durations, results[name])
 
     reasons = dict(LossReason.objects.filter(funnel=funnel).values_list("pk", "name"))
 
     def step_count(key: str, stage) -> int:
-        if cohort and window is None:
-            return closing.total(key, reached_position=lambda p: p >= stage.position)
-        return reach_counts.get((key,), {}).get(stage.position, 0)
+        count = closing.total(key, _entering=1, reached_position=lambda p: p >= stage.position)
+        return count + reach_changes.get((key,), {}).get(stage.position, 0)
 
     def lost_by_stage(key: str, stage) -> dict[str, int]:
         by_reason: dict[str, int] = defaultdict(int)
-        for row in closing.rows:
-            if (
-                key in (TOTAL, row["_g"])
-                and row["status"] == DealStatus.LOST
-                and row["stage_id"] == stage.pk
-            ):
+        for row in closing.rows if key == TOTAL else closing.by_group.get(key, ()):
+            if row["_closing"] and row["status"] == DealStatus.LOST and row["stage_id"] == stage.pk:
                 by_reason[reasons.get(row["loss_reason_id"], "")] += row["n"]
         return dict(sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0])))
 
@@ -465,7 +609,7 @@ def _funnel_report(query: FunnelQuery, run: Callable) -> FunnelReport:
         return status in OPEN_STATUSES
 
     def figures(key: str) -> FunnelFigures:
-        won_conditions = {"status": DealStatus.WON, "_in_window": 1}
+        won_conditions = {"status": DealStatus.WON, "_in_window": 1, "_closing": 1}
         step_counts = [step_count(key, stage) for stage in stages]
         won_count = closing.total(key, **won_conditions)
         entered = step_counts[0] if step_counts else 0
@@ -514,7 +658,7 @@ def _funnel_report(query: FunnelQuery, run: Callable) -> FunnelReport:
             / 100
             for stage in stages
         )
-        responded = entering.total(key, _response=lambda r: r != 0)
+        responded = entering.total(key, _entering=1, _response=lambda r: r != 0)
         row = durations.get((key,), {})
         return FunnelFigures(
             entered=entered,
@@ -524,24 +668,24 @@ def _funnel_report(query: FunnelQuery, run: Callable) -> FunnelReport:
             average_check=_round(_ratio(won_amount, won_count), 2),
             first_sales=Money(count=won_count - repeat.count, amount=won_amount - repeat.amount),
             repeat_sales=repeat,
-            lost_total=closing.total(key, status=DealStatus.LOST),
+            lost_total=closing.total(key, status=DealStatus.LOST, _closing=1),
             open_total=opening.total(key, status=is_open),
             weighted_pipeline=round(weighted, 2),
             length_to_won=row.get("length_won", Durations()),
             length_to_lost=row.get("length_lost", Durations()),
             response=Response(
                 responded=responded,
-                waiting=entering.total(key, _response=0, status=is_open),
+                waiting=entering.total(key, _entering=1, _response=0, status=is_open),
                 median=row.get("response", Durations()).median,
-                within_target_share=_ratio(entering.total(key, _response=1), responded),
+                within_target_share=_ratio(
+                    entering.total(key, _entering=1, _response=1), responded
+                ),
                 target_seconds=target,
             ),
         )
 
     if query.group_by:
-        keys = {row["_g"] for c in (closing, entering, opening) for row in c.rows} | {
-            key for (key,) in reach_counts
-        } - {TOTAL}
+        keys = (set(closing.by_group) | {key for (key,) in reach_changes}) - {TOTAL}
         names = _keys_and_labels(query.group_by, keys)  # internal key -> (key, label)
         groups = sorted(
             (Group(key=names[k][0], label=names[k][1], figures=figures(k)) for k in keys),

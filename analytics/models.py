@@ -30,16 +30,32 @@ class StageReach(models.Model):
             models.UniqueConstraint(fields=["deal", "position"], name="stagereach_once"),
         ]
         indexes = [
-            # Covering (PostgreSQL): calendar step counts read the index alone.
+            # Covering (PostgreSQL): calendar mode reads the reaches that cross the
+            # period's edge from these indexes alone.
             models.Index(
                 fields=["funnel", "reached_at"],
-                include=["position"],
+                include=["position", "entered_at", "deal"],
                 name="stagereach_calendar_idx",
             ),
             models.Index(
                 fields=["funnel", "entered_at"],
-                include=["position", "reached_at"],
+                include=["position", "reached_at", "deal"],
                 name="stagereach_cohort_idx",
+            ),
+            # How long after the deal's entry: a conversion window's late reaches.
+            models.Index(
+                models.F("funnel"),
+                models.F("reached_at") - models.F("entered_at"),
+                include=["position", "entered_at", "deal"],
+                name="stagereach_lag_idx",
+            ),
+            # A reach before the deal's entry (imported history can have one): normally
+            # empty, so calendar mode's edge corrections look these up at no cost.
+            models.Index(
+                fields=["funnel", "reached_at"],
+                include=["position", "entered_at", "deal"],
+                condition=models.Q(reached_at__lt=models.F("entered_at")),
+                name="stagereach_before_entry_idx",
             ),
         ]
 
@@ -75,15 +91,19 @@ class StageTime(models.Model):
             models.UniqueConstraint(fields=["deal", "stage"], name="stagetime_once"),
         ]
         indexes = [
+            # Covering and partial (PostgreSQL): time in stage is read from the index
+            # alone, one stage at a time, and the index holds only the finished visits
+            # that are its samples.
             models.Index(
-                fields=["funnel", "last_left_at"],
-                include=["stage", "seconds", "visit_started_at", "owner"],
+                fields=["funnel", "stage", "last_left_at"],
+                include=["owner", "seconds", "deal"],
+                condition=models.Q(visit_started_at__isnull=True, visits__gt=0),
                 name="stagetime_calendar_idx",
             ),
-            # Covering (PostgreSQL): cohort time-in-stage is read from the index alone.
             models.Index(
-                fields=["funnel", "entered_at"],
-                include=["stage", "seconds", "visit_started_at", "owner"],
+                fields=["funnel", "stage", "entered_at"],
+                include=["owner", "seconds", "deal"],
+                condition=models.Q(visit_started_at__isnull=True, visits__gt=0),
                 name="stagetime_cohort_idx",
             ),
         ]

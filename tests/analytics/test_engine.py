@@ -477,3 +477,111 @@ def test_per_manager_figures_follow_the_deal_to_its_new_owner(four):
     assert sorted(StageTime.objects.values_list("deal_id", "stage_id", "owner_id")) == (
         rebuilt_before
     )
+
+
+@pytest.mark.django_db
+def test_medians_and_90th_percentiles_per_group_and_in_total_are_each_their_own(four):
+    """Hand-computed: the total's percentiles are not the groups' averaged or merged
+    one place off; an off-by-one in either level's rank shows."""
+    funnel, stages = four
+    masha = User.objects.create(username="masha")
+    petya = User.objects.create(username="petya")
+    hours = {masha: [1, 2, 3, 10], petya: [4, 5, 6]}
+    plans = [
+        DealPlan(
+            title="lead",
+            created_at=START,
+            path=[(stages["S1"].pk, START), (stages["S2"].pk, START + h * HOUR)],
+            status=DealStatus.WON,
+            closed_at=START + 2 * h * HOUR,
+            owner_id=owner.pk,
+        )
+        for owner, durations in hours.items()
+        for h in durations
+    ]
+    deals_bulk_load(funnel=funnel, plans=plans)
+
+    report_ = report(funnel, group_by="owner")
+    times = {g.key: g.figures.steps[0].time_in_stage for g in report_.groups}
+    lengths = {g.key: g.figures.length_to_won for g in report_.groups}
+    total_time = report_.totals.steps[0].time_in_stage
+
+    # masha 1, 2, 3, 10 h: median between 2 and 3; p90 at 0.9 * 3 = 2.7, between 3 and 10.
+    assert (times["masha"].count, times["masha"].mean) == (4, 4 * 3600.0)
+    assert (times["masha"].median, times["masha"].p90) == (2.5 * 3600, 7.9 * 3600)
+    # petya 4, 5, 6 h: median 5; p90 at 0.9 * 2 = 1.8, between 5 and 6.
+    assert (times["petya"].median, times["petya"].p90) == (5 * 3600.0, 5.8 * 3600)
+    # All seven: median the 4th (4 h); p90 at 0.9 * 6 = 5.4, between 6 and 10.
+    assert (total_time.count, total_time.median, total_time.p90) == (7, 4 * 3600.0, 7.6 * 3600)
+    # Won two hours per hour in S1: every figure doubles.
+    assert (lengths["masha"].median, lengths["petya"].p90) == (5 * 3600.0, 11.6 * 3600)
+    assert report_.totals.length_to_won.p90 == 15.2 * 3600
+    assert report(funnel).totals.steps[0].time_in_stage == total_time
+
+
+def reaches_in(funnel, start, end, owner=None) -> list[int]:
+    """Calendar-mode step counts straight from the definition (METRICS.md)."""
+    rows = StageReach.objects.filter(funnel=funnel, reached_at__gte=start, reached_at__lt=end)
+    if owner is not None:
+        rows = rows.filter(deal__owner=owner)
+    positions = list(rows.values_list("position", flat=True))
+    return [positions.count(p) for p in range(4)]
+
+
+@pytest.mark.django_db
+def test_calendar_steps_count_reaches_across_the_periods_edges_and_before_entry(four):
+    """Calendar mode counts the cube's deals that entered in the period, less their
+    reaches outside it, plus other deals' reaches in it: check against the definition,
+    with histories that start before the deal's entry (an import can have those)."""
+    funnel, stages = four
+    masha = User.objects.create(username="masha")
+    march = datetime.datetime(2025, 3, 1, tzinfo=UTC)
+    april = datetime.datetime(2025, 4, 1, tzinfo=UTC)
+    s = {name: stage.pk for name, stage in stages.items()}
+    stories = [
+        (march - 10 * DAY, [("S1", march - 10 * DAY), ("S2", march + DAY)], masha),  # from February
+        (march + DAY, [("S1", march + DAY), ("S3", april + DAY)], masha),  # into April
+        (march + DAY, [("S1", march - DAY), ("S2", march + 2 * DAY)], None),  # S1 before entry
+        (april + DAY, [("S1", march + 3 * DAY), ("S2", april + 2 * DAY)], masha),  # after entry
+        (march + 5 * DAY, [("S2", march + 5 * DAY)], None),  # skips S1, all in March
+    ]
+    deals_bulk_load(
+        funnel=funnel,
+        plans=[
+            DealPlan(
+                title="edge",
+                created_at=created,
+                path=[(s[name], at) for name, at in path],
+                owner_id=owner.pk if owner else None,
+            )
+            for created, path, owner in stories
+        ],
+    )
+
+    by_owner = report(funnel, mode=Mode.CALENDAR, group_by="owner")
+    masha_steps = counts(next(g for g in by_owner.groups if g.key == "masha").figures)
+
+    assert counts(by_owner.totals)[:4] == reaches_in(funnel, march, april) == [3, 3, 0, 0]
+    assert masha_steps[:4] == reaches_in(funnel, march, april, owner=masha) == [2, 1, 0, 0]
+    assert counts(report(funnel, mode=Mode.CALENDAR).totals) == counts(by_owner.totals)
+    filtered = report(funnel, mode=Mode.CALENDAR, filters={"owner": ["masha"]}).totals
+    assert counts(filtered) == masha_steps
+
+
+@pytest.mark.django_db
+def test_conversion_window_by_owner_drops_the_late_reaches_of_each_owner(four):
+    funnel, _ = four
+    masha = User.objects.create(username="masha")
+    petya = User.objects.create(username="petya")
+    DealStory(funnel, owner=masha).enters("S1").moves_to("S2")
+    late = DealStory(funnel, owner=petya).enters("S1")
+    late.clock += 10 * DAY
+    late.moves_to("S3")
+
+    week = report(funnel, window_days=7, group_by="owner")
+
+    assert {g.key: counts(g.figures) for g in week.groups} == {
+        "masha": [1, 1, 0, 0, 0],
+        "petya": [1, 0, 0, 0, 0],
+    }
+    assert counts(week.totals) == counts(report(funnel, window_days=7).totals) == [2, 1, 0, 0, 0]
