@@ -84,6 +84,9 @@ def snapshots_refresh(*, funnel_id: int | None = None, current_only: bool = Fals
                 snapshot = snapshot_ensure(query=query, label=label)
                 if not current_only or snapshot.key in current or snapshot.result is None:
                     ids.append(snapshot.pk)
+        # A period can be standard twice (last month is also the one before this
+        # month): each snapshot is computed once.
+        ids = list(dict.fromkeys(ids))
         snapshots_queue(ids)
     return ids
 
