@@ -32,7 +32,12 @@ def _reach(deal: Deal, up_to: int, at: datetime.datetime, *, first: bool = False
     start = 0 if first else deal.reached_position + 1
     if up_to < start:
         return
-    StageReach.objects.bulk_create(
+    insert_objects(_reaches(deal, range(start, up_to + 1), at))
+    deal.reached_position = up_to
+
+
+def _reaches(deal: Deal, positions: Iterable[int], at: datetime.datetime) -> list[StageReach]:
+    return [
         StageReach(
             deal=deal,
             funnel_id=deal.funnel_id,
@@ -40,9 +45,8 @@ def _reach(deal: Deal, up_to: int, at: datetime.datetime, *, first: bool = False
             position=position,
             reached_at=at,
         )
-        for position in range(start, up_to + 1)
-    )
-    deal.reached_position = up_to
+        for position in positions
+    ]
 
 
 def _start_visit(deal: Deal, stage_id: int, at: datetime.datetime) -> None:
@@ -84,17 +88,7 @@ def record_created(deals: list[Deal], at: datetime.datetime) -> None:
     ``is_repeat_client`` from ``repeat_clients``) reached every position up to their
     entry stage and start a visit there. Two statements for any number of deals."""
     insert_objects(
-        [
-            StageReach(
-                deal=deal,
-                funnel_id=deal.funnel_id,
-                entered_at=deal.created_at,
-                position=position,
-                reached_at=at,
-            )
-            for deal in deals
-            for position in range(0, deal.stage.position + 1)
-        ]
+        [reach for deal in deals for reach in _reaches(deal, range(deal.stage.position + 1), at)]
     )
     insert_objects(
         [

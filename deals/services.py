@@ -37,7 +37,7 @@ from deals.models import (
 )
 from deals.selectors import user_can_change_deal
 from deals.webhooks import webhooks_dispatch, webhooks_dispatch_many
-from funnels.models import REQUIRABLE_DEAL_FIELDS, Funnel, LossReason, Stage
+from funnels.models import REQUIRABLE_DEAL_FIELDS, Funnel, LossReason, Stage, TaskTemplate
 from funnels.services import custom_values_clean
 
 # Fields a person may set on a deal directly (stage and status have their own doors).
@@ -411,16 +411,23 @@ def _contact_update(contact: Contact, values: dict) -> None:
     contact.save(update_fields=[*values, "phone_normalized", "email_normalized"])
 
 
-def _create_stage_tasks(deal: Deal, stage: Stage, at: datetime.datetime) -> None:
-    Task.objects.bulk_create(
-        Task(
-            deal=deal,
-            assignee=deal.owner,
-            title=template.title,
-            due_at=at + datetime.timedelta(minutes=template.due_in_minutes),
-            created_at=at,
-        )
-        for template in stage.task_templates.all()
+def _create_stage_tasks(
+    deals: list[Deal], templates: Iterable[TaskTemplate], at: datetime.datetime
+) -> None:
+    """The tasks a stage's templates give each deal entering it, for its owner."""
+    templates = list(templates)
+    insert_objects(
+        [
+            Task(
+                deal=deal,
+                assignee=deal.owner,
+                title=template.title,
+                due_at=at + datetime.timedelta(minutes=template.due_in_minutes),
+                created_at=at,
+            )
+            for deal in deals
+            for template in templates
+        ]
     )
 
 
@@ -495,7 +502,6 @@ class DealOpener:
             )
         self.stage = stage
         self._required_by = [s for s in stages if s.position <= stage.position]
-        self._templates = None
 
     def prepare(
         self,
@@ -568,21 +574,7 @@ class DealOpener:
             ]
         )
         facts.record_created(deals, at)
-        if self._templates is None:
-            self._templates = list(self.stage.task_templates.all())
-        insert_objects(
-            [
-                Task(
-                    deal=deal,
-                    assignee=deal.owner,
-                    title=template.title,
-                    due_at=at + datetime.timedelta(minutes=template.due_in_minutes),
-                    created_at=at,
-                )
-                for deal in deals
-                for template in self._templates
-            ]
-        )
+        _create_stage_tasks(deals, self.stage.task_templates.all(), at)
         webhooks_dispatch_many(deals=deals, event=WebhookEvent.CREATED)
         return deals
 
@@ -671,7 +663,7 @@ def deal_move_to_stage(
     deal.stage_entered_at = at
     _save(deal, [*changed, "stage", "stage_entered_at"])
     StageChange.objects.create(deal=deal, from_stage=from_stage, to_stage=stage, at=at, actor=actor)
-    _create_stage_tasks(deal, stage, at)
+    _create_stage_tasks([deal], stage.task_templates.all(), at)
     webhooks_dispatch(deal=deal, event=WebhookEvent.MOVED)
     return deal
 
