@@ -369,7 +369,9 @@ class _FunnelBatch:
         client, funnel = self.client, self.funnel
         try:
             opener = DealOpener(funnel, at=self.at)
-        except DomainError as error:
+        except DomainError as error:  # a funnel without stages takes no lead
+            if raise_on_reject:
+                raise lead_error(error) from None
             return dict.fromkeys(self.leads, error)
         known = self._known_external_ids()
         open_deals = self._open_deals(opener.contacts)

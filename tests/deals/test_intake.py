@@ -448,3 +448,18 @@ def test_a_batch_sends_one_webhook_delivery_per_new_deal(client, funnel):
         r["deal_id"] for r in result.results[:2]
     ]
     assert {d.event for d in deliveries} == {"created"}
+
+
+def test_a_funnel_without_stages_rejects_its_leads(manager):
+    funnel = FunnelFactory(name="Empty", members=[manager])
+    funnel.stages.all().delete()  # the services never leave a funnel so; the intake checks
+    client = IntakeClient(label="key:1", funnel_id=funnel.pk)
+
+    with pytest.raises(InvalidInput) as caught:
+        take(client, lead(1), raise_on_reject=True)
+    batch = take(client, lead(1), lead(2))
+
+    assert caught.value.message == "The funnel has no stages yet."
+    assert [r["status"] for r in batch.results] == ["rejected", "rejected"]
+    assert batch.results[0]["error"]["detail"] == "The funnel has no stages yet."
+    assert Deal.objects.count() == 0
