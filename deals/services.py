@@ -79,14 +79,14 @@ def normalize_email(email: str) -> str:
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
-def _contact_errors(*, name: str, phone: str, email: str, company: str) -> None:
-    errors = {}
+def _contact_check(*, phone: str = "", email: str = "", errors: dict | None = None) -> None:
+    """Raise naming each bad detail: a phone needs 7 to 15 digits, an email an @ and a dot.
+    ``errors`` found by the caller are raised with them."""
+    errors = dict(errors or {})
     if email and not EMAIL_RE.match(email.strip()):
         errors["contact_email"] = _("“%(value)s” is not an email address.") % {"value": email}
     if phone and not 7 <= len(normalize_phone(phone)) <= 15:
         errors["contact_phone"] = _("“%(value)s” is not a phone number.") % {"value": phone}
-    if not (name or phone or email or company):
-        errors["contact_name"] = _("Give the client a name, phone or email.")
     if errors:
         raise InvalidInput(
             _("The client's details are invalid: fix the marked fields."), fields=errors
@@ -149,7 +149,14 @@ class ContactBook:
     def find_or_new(
         self, *, name: str = "", phone: str = "", email: str = "", company: str = "", at=None
     ) -> Contact:
-        _contact_errors(name=name, phone=phone, email=email, company=company)
+        reachable = name or phone or email or company
+        _contact_check(
+            phone=phone,
+            email=email,
+            errors={}
+            if reachable
+            else {"contact_name": _("Give the client a name, phone or email.")},
+        )
         phone_n, email_n = normalize_phone(phone), normalize_email(email)
         contact = self._known("phone", phone_n) or self._known("email", email_n)
         if contact is None:
@@ -389,21 +396,12 @@ def _apply_values(
 
 
 def _contact_update(contact: Contact, values: dict) -> None:
-    errors = {}
-    if values.get("email") and not EMAIL_RE.match(values["email"].strip()):
-        errors["contact_email"] = _("“%(value)s” is not an email address.") % {
-            "value": values["email"]
-        }
-    if values.get("phone") and not 7 <= len(normalize_phone(values["phone"])) <= 15:
-        errors["contact_phone"] = _("“%(value)s” is not a phone number.") % {
-            "value": values["phone"]
-        }
-    if "name" in values and not values["name"].strip():
-        errors["contact_name"] = _("The client needs a name.")
-    if errors:
-        raise InvalidInput(
-            _("The client's details are invalid: fix the marked fields."), fields=errors
-        )
+    unnamed = "name" in values and not values["name"].strip()
+    _contact_check(
+        phone=values.get("phone", ""),
+        email=values.get("email", ""),
+        errors={"contact_name": _("The client needs a name.")} if unnamed else {},
+    )
     for attr, value in values.items():
         setattr(contact, attr, value.strip())
     contact.phone_normalized = normalize_phone(contact.phone)
