@@ -57,6 +57,7 @@ from deals.services import (
     normalize_email,
     normalize_phone,
     notes_add_system,
+    owner_check,
 )
 from funnels.models import Funnel
 
@@ -137,6 +138,7 @@ class IntakeResult:
 
 # Deal fields named by the service functions' errors, as the lead names them.
 _LEAD_FIELD_NAMES = {
+    "owner": "owner_id",
     "contact_name": "contact.name",
     "contact_phone": "contact.phone",
     "contact_email": "contact.email",
@@ -239,7 +241,7 @@ def _claim_idempotency_key(
 def _take_leads(
     client: IntakeClient, leads: Sequence[LeadData | InvalidInput], *, raise_on_reject: bool
 ) -> list[dict]:
-    funnels: dict[int, Funnel] = {}
+    funnels: dict[int, Funnel | DomainError] = {}
     outcomes: dict[int, dict | DomainError] = {}
     by_funnel: dict[int, list[int]] = {}
     for index, lead in enumerate(leads):
@@ -283,7 +285,11 @@ def _raise_first_rejected(outcomes: dict[int, dict | DomainError]) -> None:
             raise lead_error(outcome)
 
 
-def _target_funnel(client: IntakeClient, lead: LeadData, cache: dict[int, Funnel]) -> Funnel:
+def _target_funnel(
+    client: IntakeClient, lead: LeadData, cache: dict[int, Funnel | DomainError]
+) -> Funnel:
+    """The lead's funnel, if the client may post into it. ``cache`` keeps each funnel's
+    answer for the request: one read of a funnel for a batch of its leads."""
     funnel_id = lead.funnel_id or client.funnel_id
     if funnel_id is None:
         raise InvalidInput(
@@ -296,14 +302,23 @@ def _target_funnel(client: IntakeClient, lead: LeadData, cache: dict[int, Funnel
             fields={"funnel": _("Leave it out or give the key's funnel.")},
         )
     if funnel_id not in cache:
-        funnel = Funnel.objects.filter(pk=funnel_id).first()
-        if funnel is None:
-            raise InvalidInput(
-                _("Funnel %(id)s does not exist.") % {"id": funnel_id},
-                fields={"funnel": _("No such funnel.")},
-            )
-        cache[funnel_id] = funnel
-    funnel = cache[funnel_id]
+        try:
+            cache[funnel_id] = _open_funnel(client, funnel_id)
+        except DomainError as error:
+            cache[funnel_id] = error
+    answer = cache[funnel_id]
+    if isinstance(answer, DomainError):
+        raise answer
+    return answer
+
+
+def _open_funnel(client: IntakeClient, funnel_id: int) -> Funnel:
+    funnel = Funnel.objects.filter(pk=funnel_id).first()
+    if funnel is None:
+        raise InvalidInput(
+            _("Funnel %(id)s does not exist.") % {"id": funnel_id},
+            fields={"funnel": _("No such funnel.")},
+        )
     if not funnel.is_active:
         raise InvalidInput(
             _("The funnel “%(name)s” is archived.") % {"name": funnel.name},
@@ -363,7 +378,6 @@ class _FunnelBatch:
         self.funnel = funnel
         self.leads = leads
         self.at = timezone.now()
-        self._members: frozenset[int] | None = None
 
     def take(self, *, raise_on_reject: bool) -> dict[int, dict | DomainError]:
         client, funnel = self.client, self.funnel
@@ -375,6 +389,7 @@ class _FunnelBatch:
             return dict.fromkeys(self.leads, error)
         known = self._known_external_ids()
         open_deals = self._open_deals(opener.contacts)
+        owners = User.objects.in_bulk({lead.owner_id for lead in self.leads.values()} - {None})
 
         # (outcome, deal, lead, replayed): new deals get their ids only when saved.
         outcomes: dict[int, tuple[str, Deal, LeadData, bool] | DomainError] = {}
@@ -397,7 +412,7 @@ class _FunnelBatch:
                     deal = opener.prepare(
                         actor=None,
                         title=_lead_title(lead),
-                        owner=self._given_owner(lead),
+                        owner=self._given_owner(lead, owners, opener),
                         values=_deal_values(lead),
                         external_id=ext,
                     )
@@ -488,27 +503,20 @@ class _FunnelBatch:
                 open_deals.setdefault(key, deal)
         return open_deals
 
-    def _given_owner(self, lead: LeadData) -> User | None:
+    def _given_owner(
+        self, lead: LeadData, owners: dict[int, User], opener: DealOpener
+    ) -> User | None:
+        """The lead's own owner, if it names one: an active member of the funnel."""
         if lead.owner_id is None:
             return None
-        owner = User.objects.filter(pk=lead.owner_id).first()
+        owner = owners.get(lead.owner_id)
         if owner is None or not owner.is_active:
             raise InvalidInput(
                 _("User %(id)s is not an active user.") % {"id": lead.owner_id},
                 fields={"owner_id": _("Choose an active user.")},
             )
-        if not (owner.is_admin_role or owner.is_head) and owner.pk not in self._member_ids():
-            raise InvalidInput(
-                _("%(user)s does not work the funnel “%(funnel)s”.")
-                % {"user": owner, "funnel": self.funnel.name},
-                fields={"owner_id": _("Choose a member of the funnel.")},
-            )
+        owner_check(owner, self.funnel, opener.member_ids)
         return owner
-
-    def _member_ids(self) -> frozenset[int]:
-        if self._members is None:
-            self._members = frozenset(self.funnel.members.values_list("pk", flat=True))
-        return self._members
 
     def _assign_turns(self, deals: list[Deal]) -> None:
         """Give each deal the next active, present manager after the last one assigned

@@ -258,6 +258,36 @@ def _lock_for_change(
     return deal, at
 
 
+def _check_owner_active(owner: User) -> None:
+    if not owner.is_active:
+        raise InvalidInput(
+            _("%(user)s is deactivated and cannot own deals.") % {"user": owner},
+            fields={"owner": _("Choose an active user.")},
+        )
+
+
+def owner_check(
+    owner: User | None, funnel: Funnel, member_ids: Iterable[int] | None = None
+) -> None:
+    """An owner given to a deal is an active user who works its funnel (heads and admins:
+    any). ``member_ids``: the funnel's members, when the caller has them already."""
+    if owner is None:
+        return
+    _check_owner_active(owner)
+    if owner.is_admin_role or owner.is_head:
+        return
+    if member_ids is None:
+        works = funnel.members.filter(pk=owner.pk).exists()
+    else:
+        works = owner.pk in member_ids
+    if not works:
+        raise InvalidInput(
+            _("%(user)s does not work the funnel “%(funnel)s”.")
+            % {"user": owner, "funnel": funnel.name},
+            fields={"owner": _("Choose a member of the funnel.")},
+        )
+
+
 def _field_label(funnel: Funnel, name: str) -> str:
     if name in REQUIRABLE_DEAL_FIELDS:
         return str(REQUIRABLE_DEAL_FIELDS[name])
@@ -500,6 +530,14 @@ class DealOpener:
             )
         self.stage = stage
         self._required_by = [s for s in stages if s.position <= stage.position]
+        self._members: frozenset[int] | None = None
+
+    @property
+    def member_ids(self) -> frozenset[int]:
+        """The funnel's members, read once for all the deals this opener prepares."""
+        if self._members is None:
+            self._members = frozenset(self.funnel.members.values_list("pk", flat=True))
+        return self._members
 
     def prepare(
         self,
@@ -512,11 +550,8 @@ class DealOpener:
         external_id: str | None = None,
     ) -> Deal:
         """A checked, unsaved deal. Its owner may still be set before ``save``."""
-        if owner is not None and not owner.is_active:
-            raise InvalidInput(
-                _("%(user)s is deactivated and cannot own deals.") % {"user": owner},
-                fields={"owner": _("Choose an active user.")},
-            )
+        if owner is not None:
+            _check_owner_active(owner)
         at = self.at
         deal = Deal(
             funnel=self.funnel,
@@ -820,21 +855,7 @@ def deal_assign(
 ) -> Deal:
     """Give a deal to another owner (or none). Open tasks follow the deal."""
     deal, _at = _lock_for_change(deal, actor=actor, expected_version=expected_version)
-    if owner is not None:
-        if not owner.is_active:
-            raise InvalidInput(
-                _("%(user)s is deactivated and cannot own deals.") % {"user": owner},
-                fields={"owner": _("Choose an active user.")},
-            )
-        if (
-            not (owner.is_admin_role or owner.is_head)
-            and not deal.funnel.members.filter(pk=owner.pk).exists()
-        ):
-            raise InvalidInput(
-                _("%(user)s does not work the funnel “%(funnel)s”.")
-                % {"user": owner, "funnel": deal.funnel.name},
-                fields={"owner": _("Choose a member of the funnel.")},
-            )
+    owner_check(owner, deal.funnel)
     if deal.owner_id == (owner.pk if owner else None):
         return deal
     Task.objects.filter(deal=deal, done_at__isnull=True, assignee_id=deal.owner_id).update(
