@@ -60,7 +60,7 @@ from analytics.types import (
     Response,
     Step,
 )
-from deals.models import Deal, DealStatus
+from deals.models import Deal, DealStatus, Temperature
 from funnels.models import Funnel, LossReason
 
 OPEN_STATUSES = (DealStatus.OPEN, DealStatus.POSTPONED)
@@ -722,7 +722,7 @@ def _keys_and_labels(field: str, keys: Iterable) -> dict:
     if field == "client_type":
         labels = {"first": _("First sale"), "repeat": _("Repeat sale")}
     elif field == "temperature":
-        labels = {"warm": _("Warm"), "cold": _("Cold")}
+        labels = {value: str(label) for value, label in Temperature.choices}
     else:
         labels = {}
     return {k: (k, labels.get(k) or k or _("Not set")) for k in keys}

@@ -183,10 +183,6 @@ class WhatIfForm(forms.Form):
                 widget=forms.NumberInput(attrs={"step": "0.1"}),
             )
 
-    @property
-    def is_used(self) -> bool:
-        return any(key.startswith("wi_") and self.data.get(key) for key in self.data)
-
     def conversions(self) -> dict[int, float]:
         return {
             index: float(self.cleaned_data[f"wi_step_{index}"]) / 100

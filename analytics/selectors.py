@@ -151,11 +151,6 @@ def snapshot_key(query: FunnelQuery) -> str:
     return hashlib.sha256(json.dumps(query.to_dict(), sort_keys=True).encode()).hexdigest()
 
 
-def snapshot_for(query: FunnelQuery) -> FunnelSnapshot | None:
-    """The stored snapshot of exactly these parameters, if any."""
-    return FunnelSnapshot.objects.filter(key=snapshot_key(query)).first()
-
-
 # A snapshot of a period containing today is refreshed every 15 minutes: older than
 # this, a refresh was missed. Past periods are refreshed nightly and are not judged by it.
 STALE_AFTER = datetime.timedelta(minutes=30)

@@ -63,6 +63,8 @@ def _stuck(form: DashboardForm, user: User):
     filters = form.filters()
     if "owner" in filters:
         deals = deals.filter(owner__username__in=filters["owner"])
+    if "client_type" in filters:  # the engine's first/repeat slice
+        deals = deals.filter(is_repeat_client__in=[v == "repeat" for v in filters["client_type"]])
     for field in ("source", "product", "region", "temperature"):
         if field in filters:
             deals = deals.filter(**{f"{field}__in": filters[field]})

@@ -15,7 +15,7 @@ from django.shortcuts import redirect, render
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from crm.errors import DomainError, InvalidInput
+from crm.errors import DomainError, Forbidden, InvalidInput
 from funnels import services
 from funnels.models import (
     REQUIRABLE_DEAL_FIELDS,
@@ -29,9 +29,11 @@ from funnels.selectors import funnel_with_settings, funnels_for_settings
 
 
 def _check_can_configure(request: HttpRequest) -> None:
-    # The services check the role too; this keeps the pages themselves closed.
-    if not (request.user.is_admin_role or request.user.is_head):
-        raise PermissionDenied(_("Only an administrator or a head of sales can change funnels."))
+    """The services' role rule, applied to the pages themselves (a 403 page)."""
+    try:
+        services.funnels_check_configurer(request.user)
+    except Forbidden as exc:
+        raise PermissionDenied(exc.message) from None
 
 
 def _number(raw: str, name: str, *, decimal: bool = False):
@@ -135,7 +137,8 @@ def stage_add(request: HttpRequest, funnel_id: int) -> HttpResponse:
     try:
         values = _stage_values(request.POST)
         task_title = request.POST.get("task_title", "").strip()
-        due = _number(request.POST.get("task_due_in_minutes"), "task_due_in_minutes") or 60
+        due = _number(request.POST.get("task_due_in_minutes"), "task_due_in_minutes")
+        due = 60 if due is None else due  # 0 is a task due at once
         services.stage_add(
             actor=request.user,
             funnel=funnel,

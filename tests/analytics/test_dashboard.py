@@ -1251,3 +1251,12 @@ def test_new_panels_in_russian(head, b2b, story):
     ]
     assert charts(response)["slice-source"]["layout"]["title"]["text"] == "Источник"
     assert charts(response)["time"]["data"][0]["x"][-2:] == ["До выигрыша", "До<br>проигрыша"]
+
+
+@pytest.mark.django_db
+def test_the_stuck_deals_follow_the_client_type_filter(client, head, b2b, story):
+    first = table(get(client, head, funnel=b2b.pk, client_type="first", **MARCH), "stuck-table")
+    repeat = get(client, head, funnel=b2b.pk, client_type="repeat", **MARCH)
+
+    assert [row[:3] for row in first[1:]] == [["Stuck", "S1", "Masha"]]
+    assert f'href="/deals/{story["d3"].pk}/"' not in repeat.content.decode()
