@@ -25,7 +25,6 @@ from funnels import services
 from funnels.models import CustomField, CustomFieldType, Funnel, LossReason, Stage
 
 # Integers stored in PositiveIntegerField columns: larger ones would not fit.
-MAX_INT = 2**31 - 1
 
 
 class TaskTemplateOutput(serializers.Serializer):
@@ -90,7 +89,7 @@ def funnels_visible(request) -> QuerySet[Funnel]:
 class TaskTemplateInput(serializers.Serializer):
     title = serializers.CharField(allow_blank=True)
     due_in_minutes = serializers.IntegerField(
-        max_value=MAX_INT, help_text="Counted from the moment the deal enters the stage."
+        max_value=services.MAX_INT, help_text="Counted from the moment the deal enters the stage."
     )
 
 
@@ -102,7 +101,7 @@ class StageInput(serializers.Serializer):
     rotting_days = serializers.IntegerField(
         required=False,
         allow_null=True,
-        max_value=MAX_INT,
+        max_value=services.MAX_INT,
         help_text="A deal longer than this in the stage is stuck.",
     )
     target_conversion = serializers.DecimalField(
@@ -123,7 +122,7 @@ class StageCreateInput(StageInput):
 
 class FunnelValuesInput(serializers.Serializer):
     currency = serializers.CharField(required=False, help_text="Three letters, such as RUB.")
-    target_response_minutes = serializers.IntegerField(required=False, max_value=MAX_INT)
+    target_response_minutes = serializers.IntegerField(required=False, max_value=services.MAX_INT)
     members = serializers.ListField(
         child=serializers.IntegerField(min_value=1, max_value=2**63 - 1),
         required=False,

@@ -30,6 +30,9 @@ from funnels.models import (
     unknown_required_fields,
 )
 
+# The largest whole number the settings' integer columns hold (PostgreSQL "integer").
+MAX_INT = 2**31 - 1
+
 
 def funnels_check_configurer(actor: User | None) -> None:
     """Raise ``Forbidden`` unless ``actor`` may change funnel settings: an administrator,
@@ -69,7 +72,7 @@ def _funnel_values_check(*, currency=None, target_response_minutes=None) -> None
     errors = {}
     if currency is not None and not re.fullmatch(r"[A-Z]{3}", str(currency)):
         errors["currency"] = _("Use a three-letter currency code, such as RUB.")
-    if target_response_minutes is not None and int(target_response_minutes) < 0:
+    if target_response_minutes is not None and not 0 <= int(target_response_minutes) <= MAX_INT:
         errors["target_response_minutes"] = _("Enter a whole number of minutes, 0 or more.")
     if errors:
         raise InvalidInput(_("The funnel has errors: fix the marked fields."), fields=errors)
@@ -161,7 +164,7 @@ def _validate_stage_values(
         errors["name"] = too_long
     if probability is not None and not (0 <= int(probability) <= 100):
         errors["probability"] = _("Probability is a percentage from 0 to 100.")
-    if rotting_days is not None and int(rotting_days) < 0:
+    if rotting_days is not None and not 0 <= int(rotting_days) <= MAX_INT:
         errors["rotting_days"] = _("Enter a whole number of days, 0 or more.")
     if target_conversion is not None and not (0 <= Decimal(target_conversion) <= 100):
         errors["target_conversion"] = _("Target conversion is a percentage from 0 to 100.")
@@ -277,7 +280,7 @@ def task_template_add(
         errors["title"] = too_long
     try:
         minutes = int(due_in_minutes)
-        if minutes < 0:
+        if not 0 <= minutes <= MAX_INT:
             raise ValueError
     except (TypeError, ValueError):
         errors["due_in_minutes"] = _("Enter a whole number of minutes, 0 or more.")

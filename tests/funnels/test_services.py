@@ -548,3 +548,19 @@ def test_custom_values_clean_refuses_what_is_not_an_object(typed_funnel):
         custom_values_clean(typed_funnel, ["budget", 1])
 
     assert error.value.message == "Custom fields must be an object of key: value."
+
+
+def test_settings_numbers_beyond_the_columns_are_refused_by_the_service(head, funnel):
+    with pytest.raises(InvalidInput) as error:
+        stage_add(actor=head, funnel=funnel, name="S5", rotting_days=2**31)
+    assert error.value.fields == {"rotting_days": "Enter a whole number of days, 0 or more."}
+    with pytest.raises(InvalidInput) as error:
+        stage_add(actor=head, funnel=funnel, name="S5", tasks=[("Call", 2**40)])
+    assert error.value.fields == {
+        "tasks.0.due_in_minutes": "Enter a whole number of minutes, 0 or more."
+    }
+    with pytest.raises(InvalidInput) as error:
+        funnel_update(actor=head, funnel=funnel, target_response_minutes=10**12)
+    assert error.value.fields == {
+        "target_response_minutes": "Enter a whole number of minutes, 0 or more."
+    }
