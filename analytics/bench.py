@@ -58,11 +58,34 @@ def bench_funnel(name: str) -> Funnel:
     return funnel
 
 
+def _first_response(
+    rng: random.Random,
+    created: datetime.datetime,
+    path: list,
+    closed_at: datetime.datetime | None,
+    now: datetime.datetime,
+) -> datetime.datetime | None:
+    """A manager answers most new leads within minutes, some within hours, and one
+    in twenty never, unless he moves or closes the deal: that is a response too."""
+    acted = [at for at in [*(at for _stage, at in path[1:]), closed_at] if at is not None]
+    if rng.random() < 0.05:
+        answered = None
+    elif rng.random() < 0.8:
+        answered = created + datetime.timedelta(minutes=rng.expovariate(1 / 15))
+    else:
+        answered = created + datetime.timedelta(hours=rng.expovariate(1 / 6))
+    candidates = [at for at in [answered, *acted] if at is not None and at < now]
+    return min(candidates, default=None)
+
+
 def plan_deals(
     funnel: Funnel, *, count: int, seed: int, days: int = 730, now: datetime.datetime | None = None
 ) -> Iterator[DealPlan]:
     """``count`` deals entered over the last ``days`` days, oldest first."""
     rng = random.Random(seed)
+    # Response times come from a generator of their own, so that the rest of a seed's
+    # deals stay what they were before responses were planned.
+    responses = random.Random(seed + 1_000_003)
     now = now or timezone.now()
     stages = list(funnel.stages.order_by("position").values_list("pk", flat=True))
     reasons = list(funnel.loss_reasons.filter(requires_comment=False).values_list("pk", flat=True))
@@ -112,6 +135,7 @@ def plan_deals(
             path=path,
             status=outcome,
             closed_at=closed_at,
+            first_response_at=_first_response(responses, created, path, closed_at, now),
             loss_reason_id=rng.choice(reasons) if outcome == DealStatus.LOST else None,
             owner_id=owner,
             amount=Decimal(rng.randrange(10_000, 500_000, 1000)),

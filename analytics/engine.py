@@ -33,8 +33,6 @@ from django.db.models import (
     CharField,
     Count,
     F,
-    FloatField,
-    Func,
     OuterRef,
     Q,
     QuerySet,
@@ -60,7 +58,8 @@ from analytics.types import (
     Response,
     Step,
 )
-from deals.models import Deal, DealStatus, Temperature
+from crm.sql import Seconds
+from deals.models import CLOSED_STATUSES, Deal, DealStatus, Temperature
 from funnels.models import Funnel, LossReason
 
 OPEN_STATUSES = (DealStatus.OPEN, DealStatus.POSTPONED)
@@ -68,37 +67,6 @@ TOTAL = "__all__"
 
 
 # ------------------------------------------------------------ SQL helpers
-
-
-class Seconds(Func):
-    """``end - start`` in seconds, as a float, on PostgreSQL and SQLite.
-
-    PostgreSQL's ``date_part`` gives the float directly; ``EXTRACT`` would compute
-    an exact numeric that every aggregate then converts, several times slower.
-    """
-
-    output_field = FloatField()
-
-    def __init__(self, end, start):
-        super().__init__(end, start)
-
-    def as_postgresql(self, compiler, conn, **extra):
-        return self.as_sql(
-            compiler,
-            conn,
-            template="date_part('epoch', %(expressions)s)",
-            arg_joiner=" - ",
-            **extra,
-        )
-
-    def as_sqlite(self, compiler, conn, **extra):
-        return self.as_sql(
-            compiler,
-            conn,
-            template="((julianday(%(expressions)s)) * 86400.0)",
-            arg_joiner=") - julianday(",
-            **extra,
-        )
 
 
 def percentile_cont(sorted_values: list[float], fraction: float) -> float | None:
@@ -155,12 +123,20 @@ def _owner_ids(usernames: Iterable[str]) -> list[int]:
 
 
 def _scoped(
-    rows: QuerySet, query: FunnelQuery, prefix: str = "", owner_prefix: str | None = None
+    rows: QuerySet,
+    query: FunnelQuery,
+    prefix: str = "",
+    owner_prefix: str | None = None,
+    *,
+    raw_owner: bool = False,
 ) -> QuerySet:
     """Apply the query's filters and annotate the group key ``_g``.
 
     ``prefix`` leads from ``rows`` to the deal's fields, ``owner_prefix`` to
-    the deal's owner when ``rows`` keep their own copy of it (StageTime).
+    the deal's owner when ``rows`` keep their own copy of it (StageTime). With
+    ``raw_owner``, grouping by owner keys on the owner column itself (NULL for
+    unassigned deals; ``_aggregate`` reads it as ``NO_OWNER``), so an index in
+    owner order can feed the grouping without a sort.
     """
     owner_prefix = prefix if owner_prefix is None else owner_prefix
     for field, values in query.filters:
@@ -169,6 +145,8 @@ def _scoped(
         rows = rows.annotate(
             **{f"_f_{field}": _slice_expression(field, prefix, owner_prefix)}
         ).filter(**{f"_f_{field}__in": values})
+    if query.group_by == "owner" and raw_owner:
+        return rows.annotate(_g=F(f"{owner_prefix}owner_id"))
     if query.group_by:
         return rows.annotate(_g=_slice_expression(query.group_by, prefix, owner_prefix))
     return rows.annotate(_g=Value(TOTAL, output_field=CharField()))
@@ -200,7 +178,8 @@ class _Duration:
 
 def _aggregate(rows: QuerySet, durations: list[_Duration], *, grouped: bool) -> dict[tuple, dict]:
     """Count, mean, median and 90th percentile of each duration over all rows (under
-    ``TOTAL``), and when ``grouped`` also per group ``_g``.
+    ``TOTAL``), and when ``grouped`` also per group ``_g`` (a NULL key is the
+    unassigned deals' owner, from ``_scoped(raw_owner=True)``: ``NO_OWNER``).
 
     PostgreSQL does it in one pass: ``FILTER``ed ``percentile_cont`` over the rows
     sorted once by group, and ``GROUPING SETS`` for the total (percentiles do not
@@ -216,7 +195,7 @@ def _aggregate(rows: QuerySet, durations: list[_Duration], *, grouped: bool) -> 
         matching = matching.annotate(_v=d.value).filter(_v__isnull=False)
         for group, value in matching.values_list("_g", "_v"):
             if grouped:
-                values[(group,)].append(round(value, 3))
+                values[(NO_OWNER if group is None else group,)].append(round(value, 3))
             values[(TOTAL,)].append(round(value, 3))
         for key, vals in values.items():
             vals.sort()
@@ -242,7 +221,11 @@ def _aggregate_postgresql(
         columns[f"_v{values.index(d.value)}"] = d.value
         if d.when is not None:
             columns[f"_c{i}"] = Case(When(d.when, then=Value(True)), default=Value(False))
-    inner = rows.annotate(**columns).values("_g", *columns).order_by()
+    inner = rows.annotate(**columns).values("_g", *columns)
+    # Sorted by group inside the subquery: an index in group order (owners' stage
+    # time) then feeds the grouping with no sort at all, and within each group the
+    # rows come in the order its percentiles sort them.
+    inner = inner.order_by("_g") if grouped else inner.order_by()
     sql, params = inner.query.sql_with_params()
     selects = []
     for i, d in enumerate(durations):
@@ -264,7 +247,7 @@ def _aggregate_postgresql(
             f"SELECT {head}, {', '.join(selects)} FROM ({sql} OFFSET 0) AS t{grouping}", params
         )
         for group, total, *figures in cursor.fetchall():
-            key = (TOTAL,) if total else (group,)
+            key = (TOTAL,) if total else (NO_OWNER if group is None else group,)
             for i, d in enumerate(durations):
                 count, mean, percentiles = figures[3 * i : 3 * i + 3]
                 median, p90 = percentiles or (None, None)
@@ -444,36 +427,36 @@ def _funnel_report(query: FunnelQuery, run: Callable) -> FunnelReport:
     won_q = Q(status=DealStatus.WON)
     if window is not None:
         won_q &= Q(closed_at__lt=F("created_at") + window)
-    lost_q = Q(status=DealStatus.LOST)
     closing_q = None if cohort else period.q("closed_at")
     entering_q = None if cohort else period.q("created_at")
-    lengths = [
-        _Duration("length_won", Seconds(F("closed_at"), F("created_at")), won_q),
-        _Duration("length_lost", Seconds(F("closed_at"), F("created_at")), lost_q),
-    ]
-    responses = [
-        _Duration(
-            "response",
-            Seconds(F("first_response_at"), F("created_at")),
-            Q(first_response_at__isnull=False),
-        )
-    ]
+    # Funnel length and response time read the deals by owner, each in its own index
+    # (deals.models): sorted by owner and by the duration within each owner.
+    deals_by_owner = _scoped(
+        Deal.objects.filter(funnel_id=funnel.pk).order_by(), query, raw_owner=True
+    )
 
-    def measure_deals() -> dict[tuple, dict]:
-        """Funnel length and response time, per group and in total, in one pass."""
-        finished = Q(status__in=(DealStatus.WON, DealStatus.LOST))
-        responded = Q(first_response_at__isnull=False)
-        if cohort:
-            rows = deals.filter(period.q("created_at")).filter(finished | responded)
-            return _aggregate(rows, lengths + responses, grouped=grouped)
-        # Lengths over the deals closed in the period, response time over those that
-        # entered in it.
-        rows = deals.filter((closing_q & finished) | (entering_q & responded))
-        in_period = [
-            dataclasses.replace(d, when=d.when & (closing_q if d in lengths else entering_q))
-            for d in lengths + responses
-        ]
-        return _aggregate(rows, in_period, grouped=grouped)
+    def measure_lengths() -> dict[tuple, dict]:
+        """Funnel length to won and to lost, per group and in total, over the deals
+        that entered in the period (cohort) or closed in it (calendar)."""
+        rows = deals_by_owner.filter(
+            period.q("created_at") if cohort else closing_q, status__in=CLOSED_STATUSES
+        )
+        length = Seconds(F("closed_at"), F("created_at"))
+        return _aggregate(
+            rows,
+            [
+                _Duration("length_won", length, won_q),
+                _Duration("length_lost", length, Q(status=DealStatus.LOST)),
+            ],
+            grouped=grouped,
+        )
+
+    def measure_responses() -> dict[tuple, dict]:
+        """Response time to a new lead, per group and in total, over the deals that
+        entered in the period and were answered."""
+        rows = deals_by_owner.filter(period.q("created_at"), first_response_at__isnull=False)
+        response = Seconds(F("first_response_at"), F("created_at"))
+        return _aggregate(rows, [_Duration("response", response)], grouped=grouped)
 
     def measure_times(chosen: list) -> dict[tuple, dict]:
         """Time in the chosen stages over finished visits, per group and in total; with
@@ -489,6 +472,7 @@ def _funnel_report(query: FunnelQuery, run: Callable) -> FunnelReport:
             query,
             "deal__",
             owner_prefix="",
+            raw_owner=True,
         ).filter(period.q("entered_at") if cohort else period.q("last_left_at"))
         if cohort and joins_deals:
             # The same deals (stage time's entry date is its deal's): said again so that
@@ -579,17 +563,18 @@ def _funnel_report(query: FunnelQuery, run: Callable) -> FunnelReport:
         jobs |= times
     else:
         times = {f"times_{s.pk}": functools.partial(measure_times, [s]) for s in stages}
-    jobs |= {"lengths": measure_deals, "cube": cube, **times}
+    jobs |= {"cube": cube, "lengths": measure_lengths, "responses": measure_responses}
     if not cohort:
         jobs["reaches"] = crossings
     elif window is not None:
         jobs["reaches"] = late_reaches
+    jobs |= times
     results = run(jobs)
     closing = entering = opening = results["cube"]
     # Changes to the step counts of the cube's deals (calendar mode, conversion window).
     reach_changes = results.get("reaches", {})
     durations: dict[tuple, dict] = defaultdict(dict)
-    for name in ("lengths", *times):
+    for name in ("lengths", "responses", *times):
         _merge(durations, results[name])
 
     reasons = dict(LossReason.objects.filter(funnel=funnel).values_list("pk", "name"))

@@ -30,6 +30,7 @@ class DealPlan:
     path: list[tuple[int, datetime.datetime]]  # (stage id, entered at); first = entry stage
     status: str = DealStatus.OPEN
     closed_at: datetime.datetime | None = None  # when won or lost
+    first_response_at: datetime.datetime | None = None  # a manager's first action on it
     loss_reason_id: int | None = None
     loss_comment: str = ""
     next_contact_at: datetime.datetime | None = None  # when postponed
@@ -69,6 +70,7 @@ DEAL_COLUMNS = (
     "version",
     "reached_position",
     "is_repeat_client",
+    "first_response_at",
 )
 STAGE_CHANGE_COLUMNS = ("deal", "from_stage", "to_stage", "at", "actor")
 STATUS_CHANGE_COLUMNS = (
@@ -169,6 +171,7 @@ def deals_bulk_load(*, funnel: Funnel, plans: list[DealPlan], batch_size: int = 
                     1,
                     max(replay.reached, 0),
                     False,
+                    plan.first_response_at,
                 )
                 for plan, replay in zip(batch, replays, strict=True)
             ]

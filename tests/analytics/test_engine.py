@@ -519,6 +519,50 @@ def test_medians_and_90th_percentiles_per_group_and_in_total_are_each_their_own(
     assert report(funnel).totals.steps[0].time_in_stage == total_time
 
 
+@pytest.mark.django_db
+def test_unassigned_deals_are_a_group_of_their_own_in_every_duration(four):
+    """By manager, time in stage, funnel length and response time are read in owner
+    order; deals with no owner are the "Unassigned" group, in both modes."""
+    funnel, stages = four
+    masha = User.objects.create(username="masha")
+    minute = datetime.timedelta(minutes=1)
+    plans = [
+        DealPlan(
+            title="lead",
+            created_at=START,
+            path=[(stages["S1"].pk, START), (stages["S2"].pk, START + h * HOUR)],
+            status=DealStatus.WON,
+            closed_at=START + 3 * h * HOUR,
+            first_response_at=START + h * minute,
+            owner_id=owner,
+        )
+        for owner, h in [(masha.pk, 1), (None, 2), (None, 4)]
+    ]
+    deals_bulk_load(funnel=funnel, plans=plans)
+
+    for mode in Mode:
+        by_owner = report(funnel, group_by="owner", mode=mode)
+        groups = {g.key: g.figures for g in by_owner.groups}
+        assert set(groups) == {"masha", ""}, mode
+        masha_, nobody, total = groups["masha"], groups[""], by_owner.totals
+
+        def figures(f):
+            time = f.steps[0].time_in_stage
+            return (
+                (time.count, time.median, time.p90),
+                (f.length_to_won.count, f.length_to_won.median),
+                f.response.median,
+            )
+
+        assert figures(masha_) == ((1, 3600.0, 3600.0), (1, 3 * 3600.0), 60.0), mode
+        # 2 and 4 h in S1: median 3 h, p90 2 + 0.9 * 2 = 3.8 h; won after 6 and 12 h;
+        # answered after 2 and 4 minutes.
+        assert figures(nobody) == ((2, 3 * 3600.0, 3.8 * 3600), (2, 9 * 3600.0), 180.0), mode
+        # All three: 1, 2, 4 h: median 2 h, p90 2 + 0.8 * 2 = 3.6 h.
+        assert figures(total) == ((3, 2 * 3600.0, 3.6 * 3600), (3, 6 * 3600.0), 120.0), mode
+        assert report(funnel, mode=mode).totals == total, mode
+
+
 def reaches_in(funnel, start, end, owner=None) -> list[int]:
     """Calendar-mode step counts straight from the definition (METRICS.md)."""
     rows = StageReach.objects.filter(funnel=funnel, reached_at__gte=start, reached_at__lt=end)
