@@ -392,20 +392,68 @@ class _Cube:
             .values(*self.KEYS)
             .annotate(n=Count("*"), amount=Sum("amount"))
         )
-        self.by_group: dict[object, list[dict]] = defaultdict(list)
+        # Every figure of the report is a sum over some of these rows: one pass adds
+        # them all up, per group and in total.
+        self.tallies: dict[object, _Tally] = defaultdict(_Tally)
+        total = self.tallies[TOTAL]
         for row in self.rows:
-            self.by_group[row["_g"]].append(row)
+            total.add(row)
+            if row["_g"] != TOTAL:
+                self.tallies[row["_g"]].add(row)
 
-    def total(self, key: str, amount: bool = False, **conditions) -> float:
-        checks = [
-            (name, value if callable(value) else value.__eq__) for name, value in conditions.items()
-        ]
-        field = "amount" if amount else "n"
-        return sum(
-            float(row[field] or 0) if amount else row[field]
-            for row in (self.rows if key == TOTAL else self.by_group.get(key, ()))
-            if all(check(row[name]) for name, check in checks)
-        )
+
+@dataclasses.dataclass
+class _Tally:
+    """The cube's counts and amounts that the report shows, for one group or in total."""
+
+    reached: dict[int, int] = dataclasses.field(default_factory=lambda: defaultdict(int))
+    won: int = 0
+    won_amount: float = 0.0
+    repeat: int = 0
+    repeat_amount: float = 0.0
+    lost: int = 0
+    lost_by_stage: dict[int, dict[int, int]] = dataclasses.field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(int))
+    )
+    open: int = 0
+    open_by_stage: dict[int, int] = dataclasses.field(default_factory=lambda: defaultdict(int))
+    open_amount_by_stage: dict[int, float] = dataclasses.field(
+        default_factory=lambda: defaultdict(float)
+    )
+    responded: int = 0
+    waiting: int = 0
+    within_target: int = 0
+
+    def add(self, row: dict) -> None:
+        n, status = row["n"], row["status"]
+        amount = float(row["amount"] or 0)
+        is_open = status in OPEN_STATUSES
+        if row["_entering"]:
+            # Entered in the period and got as far as this position (step counts).
+            self.reached[row["reached_position"]] += n
+            if row["_response"]:
+                self.responded += n
+                self.within_target += n if row["_response"] == 1 else 0
+            elif is_open:
+                self.waiting += n
+        if row["_closing"]:
+            if status == DealStatus.WON and row["_in_window"]:
+                self.won += n
+                self.won_amount += amount
+                if row["is_repeat_client"]:
+                    self.repeat += n
+                    self.repeat_amount += amount
+            elif status == DealStatus.LOST:
+                self.lost += n
+                self.lost_by_stage[row["stage_id"]][row["loss_reason_id"]] += n
+        if is_open:
+            self.open += n
+            self.open_by_stage[row["stage_id"]] += n
+            self.open_amount_by_stage[row["stage_id"]] += amount
+
+    def reaching(self, position: int) -> int:
+        """Deals that entered in the period and reached ``position``."""
+        return sum(n for reached, n in self.reached.items() if reached >= position)
 
 
 def _funnel_report(query: FunnelQuery, run: Callable) -> FunnelReport:
@@ -570,7 +618,7 @@ def _funnel_report(query: FunnelQuery, run: Callable) -> FunnelReport:
         jobs["reaches"] = late_reaches
     jobs |= times
     results = run(jobs)
-    closing = entering = opening = results["cube"]
+    cube_ = results["cube"]
     # Changes to the step counts of the cube's deals (calendar mode, conversion window).
     reach_changes = results.get("reaches", {})
     durations: dict[tuple, dict] = defaultdict(dict)
@@ -579,29 +627,24 @@ def _funnel_report(query: FunnelQuery, run: Callable) -> FunnelReport:
 
     reasons = dict(LossReason.objects.filter(funnel=funnel).values_list("pk", "name"))
 
-    def step_count(key: str, stage) -> int:
-        count = closing.total(key, _entering=1, reached_position=lambda p: p >= stage.position)
-        return count + reach_changes.get((key,), {}).get(stage.position, 0)
-
-    def lost_by_stage(key: str, stage) -> dict[str, int]:
+    def lost_by_reason(tally: _Tally, stage) -> dict[str, int]:
         by_reason: dict[str, int] = defaultdict(int)
-        for row in closing.rows if key == TOTAL else closing.by_group.get(key, ()):
-            if row["_closing"] and row["status"] == DealStatus.LOST and row["stage_id"] == stage.pk:
-                by_reason[reasons.get(row["loss_reason_id"], "")] += row["n"]
+        for reason_id, n in tally.lost_by_stage.get(stage.pk, {}).items():
+            by_reason[reasons.get(reason_id, "")] += n
         return dict(sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0])))
 
-    def is_open(status: str) -> bool:
-        return status in OPEN_STATUSES
-
     def figures(key: str) -> FunnelFigures:
-        won_conditions = {"status": DealStatus.WON, "_in_window": 1, "_closing": 1}
-        step_counts = [step_count(key, stage) for stage in stages]
-        won_count = closing.total(key, **won_conditions)
+        tally = cube_.tallies.get(key) or _Tally()
+        changes = reach_changes.get((key,), {})
+        step_counts = [
+            tally.reaching(stage.position) + changes.get(stage.position, 0) for stage in stages
+        ]
+        won_count = tally.won
         entered = step_counts[0] if step_counts else 0
         steps: list[Step] = []
         previous = None
         for stage, count in zip(stages, step_counts, strict=True):
-            by_reason = lost_by_stage(key, stage)
+            by_reason = lost_by_reason(tally, stage)
             steps.append(
                 Step(
                     name=stage.name,
@@ -616,7 +659,7 @@ def _funnel_report(query: FunnelQuery, run: Callable) -> FunnelReport:
                     else float(stage.target_conversion) / 100,
                     lost=sum(by_reason.values()),
                     lost_by_reason=by_reason,
-                    open=opening.total(key, status=is_open, stage_id=stage.pk),
+                    open=tally.open_by_stage.get(stage.pk, 0),
                     time_in_stage=durations.get((key,), {}).get(f"time_{stage.pk}", Durations()),
                 )
             )
@@ -632,18 +675,12 @@ def _funnel_report(query: FunnelQuery, run: Callable) -> FunnelReport:
                 drop_off_share=None if previous is None else _ratio(previous - won_count, previous),
             )
         )
-        won_amount = closing.total(key, amount=True, **won_conditions)
-        repeat = Money(
-            count=closing.total(key, is_repeat_client=True, **won_conditions),
-            amount=closing.total(key, amount=True, is_repeat_client=True, **won_conditions),
-        )
+        won_amount = tally.won_amount
+        repeat = Money(count=tally.repeat, amount=tally.repeat_amount)
         weighted = sum(
-            opening.total(key, amount=True, status=is_open, stage_id=stage.pk)
-            * stage.probability
-            / 100
+            tally.open_amount_by_stage.get(stage.pk, 0.0) * stage.probability / 100
             for stage in stages
         )
-        responded = entering.total(key, _entering=1, _response=lambda r: r != 0)
         row = durations.get((key,), {})
         return FunnelFigures(
             entered=entered,
@@ -653,24 +690,22 @@ def _funnel_report(query: FunnelQuery, run: Callable) -> FunnelReport:
             average_check=_round(_ratio(won_amount, won_count), 2),
             first_sales=Money(count=won_count - repeat.count, amount=won_amount - repeat.amount),
             repeat_sales=repeat,
-            lost_total=closing.total(key, status=DealStatus.LOST, _closing=1),
-            open_total=opening.total(key, status=is_open),
+            lost_total=tally.lost,
+            open_total=tally.open,
             weighted_pipeline=round(weighted, 2),
             length_to_won=row.get("length_won", Durations()),
             length_to_lost=row.get("length_lost", Durations()),
             response=Response(
-                responded=responded,
-                waiting=entering.total(key, _entering=1, _response=0, status=is_open),
+                responded=tally.responded,
+                waiting=tally.waiting,
                 median=row.get("response", Durations()).median,
-                within_target_share=_ratio(
-                    entering.total(key, _entering=1, _response=1), responded
-                ),
+                within_target_share=_ratio(tally.within_target, tally.responded),
                 target_seconds=target,
             ),
         )
 
     if query.group_by:
-        keys = (set(closing.by_group) | {key for (key,) in reach_changes}) - {TOTAL}
+        keys = (set(cube_.tallies) | {key for (key,) in reach_changes}) - {TOTAL}
         names = _keys_and_labels(query.group_by, keys)  # internal key -> (key, label)
         groups = sorted(
             (Group(key=names[k][0], label=names[k][1], figures=figures(k)) for k in keys),
