@@ -22,6 +22,7 @@ import dataclasses
 import datetime
 import functools
 import math
+import operator
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -477,34 +478,44 @@ def _funnel_report(query: FunnelQuery, run: Callable) -> FunnelReport:
         won_q &= Q(closed_at__lt=F("created_at") + window)
     closing_q = None if cohort else period.q("closed_at")
     entering_q = None if cohort else period.q("created_at")
-    # Funnel length and response time read the deals by owner, each in its own index
-    # (deals.models): sorted by owner and by the duration within each owner.
+    # Funnel length and response time: by owner, each reads its own index of the deals
+    # (deals.models), in owner order and sorted by the duration within each owner.
     deals_by_owner = _scoped(
         Deal.objects.filter(funnel_id=funnel.pk).order_by(), query, raw_owner=True
     )
-
-    def measure_lengths() -> dict[tuple, dict]:
-        """Funnel length to won and to lost, per group and in total, over the deals
-        that entered in the period (cohort) or closed in it (calendar)."""
-        rows = deals_by_owner.filter(
-            period.q("created_at") if cohort else closing_q, status__in=CLOSED_STATUSES
-        )
-        length = Seconds(F("closed_at"), F("created_at"))
-        return _aggregate(
-            rows,
+    length = Seconds(F("closed_at"), F("created_at"))
+    response = Seconds(F("first_response_at"), F("created_at"))
+    measures = {
+        # Length to won and to lost over the deals that entered in the period (cohort)
+        # or closed in it (calendar).
+        "lengths": (
+            Q(status__in=CLOSED_STATUSES) & (period.q("created_at") if cohort else closing_q),
             [
                 _Duration("length_won", length, won_q),
                 _Duration("length_lost", length, Q(status=DealStatus.LOST)),
             ],
-            grouped=grouped,
-        )
+        ),
+        # Response time over the deals that entered in the period and were answered.
+        "responses": (
+            Q(first_response_at__isnull=False) & period.q("created_at"),
+            [_Duration("response", response)],
+        ),
+    }
 
-    def measure_responses() -> dict[tuple, dict]:
-        """Response time to a new lead, per group and in total, over the deals that
-        entered in the period and were answered."""
-        rows = deals_by_owner.filter(period.q("created_at"), first_response_at__isnull=False)
-        response = Seconds(F("first_response_at"), F("created_at"))
-        return _aggregate(rows, [_Duration("response", response)], grouped=grouped)
+    def measure_deals(names: list[str]) -> dict[tuple, dict]:
+        """The named duration measures, per group and in total; several in one pass over
+        the deals, each over its own rows."""
+        if len(names) == 1:
+            rows, durations = measures[names[0]]
+            return _aggregate(deals_by_owner.filter(rows), durations, grouped=grouped)
+        rows = functools.reduce(operator.or_, (measures[name][0] for name in names))
+        durations = [
+            dataclasses.replace(d, when=part if d.when is None else d.when & part)
+            for name in names
+            for part, parts in [measures[name]]
+            for d in parts
+        ]
+        return _aggregate(deals_by_owner.filter(rows), durations, grouped=grouped)
 
     def measure_times(chosen: list) -> dict[tuple, dict]:
         """Time in the chosen stages over finished visits, per group and in total; with
@@ -611,7 +622,11 @@ def _funnel_report(query: FunnelQuery, run: Callable) -> FunnelReport:
         jobs |= times
     else:
         times = {f"times_{s.pk}": functools.partial(measure_times, [s]) for s in stages}
-    jobs |= {"cube": cube, "lengths": measure_lengths, "responses": measure_responses}
+    jobs["cube"] = cube
+    if query.group_by == "owner":  # two indexes, each in owner order
+        jobs |= {name: functools.partial(measure_deals, [name]) for name in measures}
+    else:  # one pass over the deals
+        jobs["lengths"] = functools.partial(measure_deals, list(measures))
     if not cohort:
         jobs["reaches"] = crossings
     elif window is not None:
@@ -623,7 +638,7 @@ def _funnel_report(query: FunnelQuery, run: Callable) -> FunnelReport:
     reach_changes = results.get("reaches", {})
     durations: dict[tuple, dict] = defaultdict(dict)
     for name in ("lengths", "responses", *times):
-        _merge(durations, results[name])
+        _merge(durations, results.get(name, {}))
 
     reasons = dict(LossReason.objects.filter(funnel=funnel).values_list("pk", "name"))
 
