@@ -123,10 +123,11 @@ def report_or_snapshot(query: FunnelQuery) -> tuple[FunnelReport | None, FunnelS
     otherwise queued as a snapshot to poll (a finished one is returned as is)."""
     if _is_small(query):
         return funnel_report(query), None
-    snapshot = snapshot_ensure(query=query, label="ad hoc")
-    if snapshot.status in (SnapshotStatus.QUEUED, SnapshotStatus.FAILED) or (
-        snapshot.status == SnapshotStatus.DONE and snapshot.result is None
-    ):
+    snapshot, created = _snapshot_get_or_create(query=query, label="ad hoc")
+    finished = snapshot.status == SnapshotStatus.DONE and snapshot.result is not None
+    # A client polls by asking again: a snapshot that runs or waits in the queue is
+    # not sent to the workers a second time.
+    if not finished and _needs_queueing(snapshot, created=created, now=timezone.now()):
         with transaction.atomic():
             snapshots_queue([snapshot.pk])
     return None, snapshot

@@ -107,6 +107,30 @@ def test_managers_get_no_reports(make_client, manager, funnel):
     assert (response.status_code, response.json()["code"]) == (403, "forbidden")
 
 
+def test_a_large_report_is_queued_once_however_often_it_is_polled(
+    head_client, funnel, manager, monkeypatch, django_capture_on_commit_callbacks
+):
+    monkeypatch.setattr("analytics.services.DIRECT_REPORT_MAX_DEALS", -1)  # all too large
+    DealStory(funnel, owner=manager).enters("S1").moves_to("S2").won()
+    url = f"/api/v1/analytics/funnels/{funnel.pk}/report/"
+    params = {"from": "2025-03-01", "to": "2025-03-31"}
+
+    with django_capture_on_commit_callbacks() as first:
+        queued = head_client.get(url, params)
+    with django_capture_on_commit_callbacks() as polled:
+        again = head_client.get(url, params)
+
+    assert (queued.status_code, again.status_code) == (202, 202)
+    assert queued.json()["snapshot"]["status"] == again.json()["snapshot"]["status"] == "queued"
+    assert (len(first), polled) == (1, [])  # sent to the workers once, not on each poll
+    first[0]()  # the worker runs it
+    done = head_client.get(url, params)
+    assert done.status_code == 202
+    assert done.json()["snapshot"]["status"] == "done"
+    snapshot = FunnelSnapshot.objects.get(label="ad hoc")
+    assert [s["count"] for s in snapshot.result["steps"]] == [1, 1, 1, 1, 1]
+
+
 def test_recompute_returns_snapshots_to_poll(
     head_client, make_client, sales_admin, funnel, django_capture_on_commit_callbacks
 ):
