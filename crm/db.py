@@ -101,6 +101,8 @@ def insert_objects(objects: Sequence[models.Model]) -> None:
     if not objects:
         return
     model = type(objects[0])
+    for obj in objects:
+        obj._prepare_related_fields_for_save(operation_name="bulk_create")
     fields = [field for field in model._meta.concrete_fields if not field.primary_key]
     insert_rows(
         model,
@@ -119,6 +121,10 @@ def insert_objects_with_ids(objects: Sequence[models.Model], *, copy_from: int =
     if not objects:
         return
     model = type(objects[0])
+    for obj in objects:
+        # As bulk_create: a related object saved after it was assigned (a deal's new
+        # client) gives its id now.
+        obj._prepare_related_fields_for_save(operation_name="bulk_create")
     ids = reserve_ids(model, len(objects)) if len(objects) >= copy_from else None
     if ids is None:
         model.objects.bulk_create(objects)

@@ -409,6 +409,16 @@ def test_two_leads_of_one_client_in_a_batch_make_one_deal_and_a_note(client):
     assert Deal.objects.values("contact").distinct().count() == 2
 
 
+def test_every_deal_of_a_large_batch_keeps_its_new_client(client):
+    # From ten deals on, PostgreSQL writes them with COPY: each must still name its client.
+    take(client, *(lead(n, contact_email=f"c{n}@example.com") for n in range(12)))
+
+    rows = list(
+        Deal.objects.order_by("pk").values_list("contact__phone_normalized", "contact__email")
+    )
+    assert rows == [(f"79000000{n:03d}", f"c{n}@example.com") for n in range(12)]
+
+
 def test_a_batch_takes_the_same_number_of_queries_whatever_its_size(client):
     take(client, lead(0))  # the intake row and the funnel's first lead exist
 
