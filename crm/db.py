@@ -1,11 +1,16 @@
-"""Fast bulk writes for the importer and the benchmark: COPY on PostgreSQL.
+"""Fast reads and writes for hot paths (lead intake, the importer): hand-written SQL.
 
 Django's ``bulk_create``/``bulk_update`` build one huge statement per batch,
 about ten thousand rows a second here; COPY and pipelined ``executemany`` are
 an order of magnitude faster. Values go through each field's
 ``get_db_prep_value``, so they are stored exactly as the ORM would store them.
+
+Building a queryset's SQL costs a few hundred microseconds of CPU each time;
+``fetch_objects`` runs a hand-written SELECT instead and makes model instances
+with the ORM's own value converters, so they equal what the queryset returns.
 """
 
+import functools
 from collections.abc import Iterable, Sequence
 
 from django.db import connection, models
@@ -116,7 +121,8 @@ def insert_objects_with_ids(objects: Sequence[models.Model], *, copy_from: int =
 
     From ``copy_from`` objects on, on PostgreSQL, the ids are taken from the table's
     sequence first and the rows written with COPY: a few times less work per row.
-    Fewer objects (one lead) go through ``bulk_create``: one statement instead of two.
+    Fewer objects (one lead) go in one ``INSERT ... RETURNING``: one statement
+    instead of two, without the ORM's statement building.
     """
     if not objects:
         return
@@ -127,7 +133,10 @@ def insert_objects_with_ids(objects: Sequence[models.Model], *, copy_from: int =
         obj._prepare_related_fields_for_save(operation_name="bulk_create")
     ids = reserve_ids(model, len(objects)) if len(objects) >= copy_from else None
     if ids is None:
-        model.objects.bulk_create(objects)
+        if connection.features.can_return_rows_from_bulk_insert:
+            _insert_returning_ids(objects)
+        else:
+            model.objects.bulk_create(objects)
         return
     for obj, pk in zip(objects, ids, strict=True):
         obj.pk = pk
@@ -140,3 +149,81 @@ def insert_objects_with_ids(objects: Sequence[models.Model], *, copy_from: int =
     for obj in objects:
         obj._state.adding = False
         obj._state.db = connection.alias
+
+
+def _insert_returning_ids(objects: Sequence[models.Model]) -> None:
+    model = type(objects[0])
+    fields = [field for field in model._meta.concrete_fields if not field.primary_key]
+    quote = connection.ops.quote_name
+    names = ", ".join(quote(field.column) for field in fields)
+    row_marks = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    params = [
+        field.get_db_prep_save(field.pre_save(obj, add=True), connection)
+        for obj in objects
+        for field in fields
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {quote(model._meta.db_table)} ({names}) "
+            f"VALUES {', '.join([row_marks] * len(objects))} "
+            f"RETURNING {quote(model._meta.pk.column)}",
+            params,
+        )
+        ids = [row[0] for row in cursor.fetchall()]  # in VALUES order, as bulk_create relies on
+    for obj, pk in zip(objects, ids, strict=True):
+        obj.pk = pk
+        obj._state.adding = False
+        obj._state.db = connection.alias
+
+
+@functools.cache
+def _select_plan(model: type[models.Model], names: tuple[str, ...], vendor: str):
+    """The fields in model order, their attnames and each column's converters."""
+    fields = [field for field in model._meta.concrete_fields if field.name in names]
+    unknown = set(names) - {field.name for field in fields}
+    if unknown:
+        raise ValueError(f"Not concrete fields of {model.__name__}: {sorted(unknown)}")
+    converters = []
+    for index, field in enumerate(fields):
+        col = field.get_col(model._meta.db_table)
+        found = connection.ops.get_db_converters(col) + col.get_db_converters(connection)
+        if found:
+            converters.append((index, col, found))
+    return fields, [field.attname for field in fields], converters
+
+
+def select_list(model: type[models.Model], names: Iterable[str], table: str) -> str:
+    """The SELECT list of ``fetch_objects`` for these fields, columns of ``table`` (an alias)."""
+    fields, _attnames, _converters = _select_plan(model, tuple(names), connection.vendor)
+    quote = connection.ops.quote_name
+    return ", ".join(f"{table}.{quote(field.column)}" for field in fields)
+
+
+def fetch_objects(
+    model: type[models.Model], names: Sequence[str], sql: str, params: Sequence = ()
+) -> list[models.Model]:
+    """Instances of ``model`` from a hand-written SELECT, other fields deferred.
+
+    ``sql`` selects ``select_list(model, names, ...)`` (the fields in the model's
+    order); values go through the same converters as the ORM's, so that SQLite's
+    dates and decimals and JSON on both databases come out as a queryset's would.
+    """
+    _fields, attnames, converters = _select_plan(model, tuple(names), connection.vendor)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    alias = connection.alias
+    objects = []
+    for row in rows:
+        if converters:
+            row = list(row)
+            for index, col, functions in converters:
+                for convert in functions:
+                    row[index] = convert(row[index], col, connection)
+        objects.append(model.from_db(alias, attnames, row))
+    return objects
+
+
+def placeholders(count: int) -> str:
+    """``%s, %s, ...``: the parameters of an ``IN (...)`` list."""
+    return ", ".join(["%s"] * count)

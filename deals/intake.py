@@ -36,12 +36,11 @@ from collections.abc import Sequence
 from decimal import Decimal
 
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Value
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from accounts.models import ApiKey, Role, User
-from crm.db import insert_objects
+from crm.db import fetch_objects, insert_objects, placeholders, select_list
 from crm.errors import DomainError, Forbidden, InvalidInput
 from deals.models import (
     Deal,
@@ -312,8 +311,22 @@ def _target_funnel(
     return answer
 
 
+_FUNNEL_COLUMNS = tuple(field.name for field in Funnel._meta.concrete_fields)
+_MEMBERS_TABLE = Funnel.members.through._meta.db_table
+_USER_COLUMNS = tuple(field.name for field in User._meta.concrete_fields)
+
+
 def _open_funnel(client: IntakeClient, funnel_id: int) -> Funnel:
-    funnel = Funnel.objects.filter(pk=funnel_id).first()
+    # Hand-written SELECTs here and below: each runs for every request, and building a
+    # queryset's SQL would cost more CPU than PostgreSQL spends running it.
+    found = fetch_objects(
+        Funnel,
+        _FUNNEL_COLUMNS,
+        f"SELECT {select_list(Funnel, _FUNNEL_COLUMNS, 'f')} FROM {Funnel._meta.db_table} f "
+        "WHERE f.id = %s",
+        [funnel_id],
+    )
+    funnel = found[0] if found else None
     if funnel is None:
         raise InvalidInput(
             _("Funnel %(id)s does not exist.") % {"id": funnel_id},
@@ -325,16 +338,21 @@ def _open_funnel(client: IntakeClient, funnel_id: int) -> Funnel:
             fields={"funnel": _("Choose an active funnel.")},
         )
     user = client.user
-    if (
-        user is not None
-        and not (user.is_admin_role or user.is_head)
-        and not funnel.members.filter(pk=user.pk).exists()
-    ):
+    if user is not None and not (user.is_admin_role or user.is_head) and not _works(user, funnel):
         raise Forbidden(
             _("You do not work the funnel “%(name)s”.") % {"name": funnel.name},
             fields={"funnel": _("Choose one of your funnels.")},
         )
     return funnel
+
+
+def _works(user: User, funnel: Funnel) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT 1 FROM {_MEMBERS_TABLE} WHERE funnel_id = %s AND user_id = %s",
+            [funnel.pk, user.pk],
+        )
+        return cursor.fetchone() is not None
 
 
 def _contact_keys(lead: LeadData) -> list[str]:
@@ -458,21 +476,25 @@ class _FunnelBatch:
     def _known_external_ids(self) -> dict[str, tuple[str, Deal]]:
         """The first outcome of each external id already taken in the funnel: its lead
         receipt, or a deal opened by another door (the importer, the deals API)."""
-        ids = {lead.external_id for lead in self.leads.values() if lead.external_id}
+        ids = sorted({lead.external_id for lead in self.leads.values() if lead.external_id})
         if not ids:
             return {}
-        receipts = LeadReceipt.objects.filter(funnel=self.funnel, external_id__in=ids).order_by()
-        receipts = receipts.values_list(
-            "external_id", "outcome", "deal_id", "deal__owner_id", Value(0)
-        )
-        deals = Deal.objects.filter(funnel=self.funnel, external_id__in=ids).order_by()
-        deals = deals.values_list(
-            "external_id", Value(str(LeadOutcome.CREATED)), "pk", "owner_id", Value(1)
-        )
+        marks = placeholders(len(ids))
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT r.external_id, r.outcome, r.deal_id, d.owner_id, 0 AS door "
+                f"FROM {LeadReceipt._meta.db_table} r "
+                f"LEFT JOIN {Deal._meta.db_table} d ON d.id = r.deal_id "
+                f"WHERE r.funnel_id = %s AND r.external_id IN ({marks}) "
+                "UNION ALL "
+                "SELECT d.external_id, %s, d.id, d.owner_id, 1 AS door "
+                f"FROM {Deal._meta.db_table} d "
+                f"WHERE d.funnel_id = %s AND d.external_id IN ({marks})",
+                [self.funnel.pk, *ids, str(LeadOutcome.CREATED), self.funnel.pk, *ids],
+            )
+            rows = cursor.fetchall()
         known: dict[str, tuple[str, Deal]] = {}
-        for external_id, outcome, deal_id, owner_id, _door in sorted(
-            receipts.union(deals, all=True), key=lambda row: row[4]
-        ):
+        for external_id, outcome, deal_id, owner_id, _door in sorted(rows, key=lambda row: row[4]):
             known.setdefault(external_id, (outcome, Deal(pk=deal_id, owner_id=owner_id)))
         return known
 
@@ -494,11 +516,17 @@ class _FunnelBatch:
             for contact in clients
         }
         open_deals: dict[str, Deal] = {}
-        for deal in Deal.objects.filter(
-            funnel=self.funnel,
-            status__in=(DealStatus.OPEN, DealStatus.POSTPONED),
-            contact_id__in=list(keys_of),
-        ).order_by("-created_at", "-pk"):
+        contact_ids = sorted(keys_of)
+        found = fetch_objects(
+            Deal,
+            _OPEN_DEAL_COLUMNS,
+            f"SELECT {select_list(Deal, _OPEN_DEAL_COLUMNS, 'd')} FROM {Deal._meta.db_table} d "
+            f"WHERE d.funnel_id = %s AND d.status IN (%s, %s) "
+            f"AND d.contact_id IN ({placeholders(len(contact_ids))}) "
+            "ORDER BY d.created_at DESC, d.id DESC",
+            [self.funnel.pk, DealStatus.OPEN, DealStatus.POSTPONED, *contact_ids],
+        )
+        for deal in found:
             for key in keys_of[deal.contact_id]:
                 open_deals.setdefault(key, deal)
         return open_deals
@@ -524,10 +552,14 @@ class _FunnelBatch:
         if not deals:
             return
         state = _lock_intake_state(self.funnel.pk)
-        rotation = list(
-            self.funnel.members.filter(is_active=True, role=Role.MANAGER, is_away=False).order_by(
-                "pk"
-            )
+        rotation = fetch_objects(
+            User,
+            _USER_COLUMNS,
+            f"SELECT {select_list(User, _USER_COLUMNS, 'u')} FROM {User._meta.db_table} u "
+            f"JOIN {_MEMBERS_TABLE} m ON m.user_id = u.id "
+            "WHERE m.funnel_id = %s AND u.is_active AND u.role = %s AND NOT u.is_away "
+            "ORDER BY u.id",
+            [self.funnel.pk, Role.MANAGER],
         )
         if not rotation:
             return
@@ -536,8 +568,16 @@ class _FunnelBatch:
             owner = next((user for user in rotation if user.pk > last), rotation[0])
             deal.owner = owner
             last = owner.pk
-        state.last_assigned_id = last
-        state.save(update_fields=["last_assigned"])
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {FunnelIntakeState._meta.db_table} SET last_assigned_id = %s "
+                "WHERE funnel_id = %s",
+                [last, self.funnel.pk],
+            )
+
+
+# What the duplicate check needs of an open deal: its id, owner and age.
+_OPEN_DEAL_COLUMNS = ("id", "owner", "contact", "created_at")
 
 
 def _newest(deals: list[Deal]) -> Deal | None:

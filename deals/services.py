@@ -15,14 +15,20 @@ import re
 from collections.abc import Iterable
 from decimal import Decimal, InvalidOperation
 
-from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from accounts.models import User
 from analytics import facts
-from crm.db import insert_objects, insert_objects_with_ids
+from crm.db import (
+    fetch_objects,
+    insert_objects,
+    insert_objects_with_ids,
+    placeholders,
+    select_list,
+    update_rows,
+)
 from crm.errors import Conflict, Forbidden, InvalidInput, NotFound
 from deals.models import (
     Contact,
@@ -93,6 +99,9 @@ def _contact_check(*, phone: str = "", email: str = "", errors: dict | None = No
         )
 
 
+_CONTACT_COLUMNS = tuple(field.name for field in Contact._meta.concrete_fields)
+
+
 class ContactBook:
     """Clients found by normalised phone or email: the matching rule of every new deal.
 
@@ -121,10 +130,18 @@ class ContactBook:
         self._looked_up |= {("phone", p) for p in phones} | {("email", e) for e in emails}
         if not (phones or emails):
             return []
-        found = list(
-            Contact.objects.filter(
-                Q(phone_normalized__in=phones) | Q(email_normalized__in=emails)
-            ).order_by("id")
+        # Hand-written: this runs for every lead the API takes.
+        conditions, params = [], []
+        for column, values in (("phone_normalized", phones), ("email_normalized", emails)):
+            if values:
+                conditions.append(f"c.{column} IN ({placeholders(len(values))})")
+                params += sorted(values)
+        found = fetch_objects(
+            Contact,
+            _CONTACT_COLUMNS,
+            f"SELECT {select_list(Contact, _CONTACT_COLUMNS, 'c')} FROM {Contact._meta.db_table} c "
+            f"WHERE {' OR '.join(conditions)} ORDER BY c.id",
+            params,
         )
         for contact in found:
             self._remember(contact)
@@ -189,13 +206,15 @@ class ContactBook:
         """Write the new clients and the filled-in ones (only those in ``used``, if given)."""
         keep = None if used is None else {id(contact) for contact in used}
         insert_objects_with_ids([c for c in self._new if keep is None or id(c) in keep])
-        for contact in self._filled.values():
-            if keep is None or id(contact) in keep:
-                contact.save(
-                    update_fields=[
-                        "phone", "email", "company", "phone_normalized", "email_normalized"
-                    ]
-                )  # fmt: skip
+        update_rows(
+            Contact,
+            ["phone", "email", "company", "phone_normalized", "email_normalized"],
+            [
+                (c.phone, c.email, c.company, c.phone_normalized, c.email_normalized, c.pk)
+                for c in self._filled.values()
+                if keep is None or id(c) in keep
+            ],
+        )
         self._new, self._filled = [], {}
 
 
@@ -448,7 +467,7 @@ def _create_stage_tasks(
         [
             Task(
                 deal=deal,
-                assignee=deal.owner,
+                assignee_id=deal.owner_id,
                 title=template.title,
                 due_at=at + datetime.timedelta(minutes=template.due_in_minutes),
                 created_at=at,
@@ -493,6 +512,32 @@ def _set_status(
 
 # ---------------------------------------------------------------- deals
 
+# Every new deal reads its funnel's stages and its stage's task templates: hand-written
+# SELECTs, the same rows as ``funnel.stages.order_by("position")`` and
+# ``stage.task_templates.all()``.
+_STAGE_COLUMNS = tuple(field.name for field in Stage._meta.concrete_fields)
+_TEMPLATE_COLUMNS = tuple(field.name for field in TaskTemplate._meta.concrete_fields)
+
+
+def _funnel_stages(funnel: Funnel) -> list[Stage]:
+    return fetch_objects(
+        Stage,
+        _STAGE_COLUMNS,
+        f"SELECT {select_list(Stage, _STAGE_COLUMNS, 's')} FROM {Stage._meta.db_table} s "
+        "WHERE s.funnel_id = %s ORDER BY s.position",
+        [funnel.pk],
+    )
+
+
+def _stage_task_templates(stage: Stage) -> list[TaskTemplate]:
+    return fetch_objects(
+        TaskTemplate,
+        _TEMPLATE_COLUMNS,
+        f"SELECT {select_list(TaskTemplate, _TEMPLATE_COLUMNS, 't')} "
+        f"FROM {TaskTemplate._meta.db_table} t WHERE t.stage_id = %s ORDER BY t.id",
+        [stage.pk],
+    )
+
 
 class DealOpener:
     """Opens deals in one funnel at one stage: the rules of a new deal, the writes in bulk.
@@ -517,7 +562,7 @@ class DealOpener:
         self.contacts = contacts if contacts is not None else ContactBook()
         if not funnel.is_active:
             raise InvalidInput(_("The funnel “%(name)s” is archived.") % {"name": funnel.name})
-        stages = list(funnel.stages.order_by("position"))
+        stages = _funnel_stages(funnel)
         if not stages:
             raise InvalidInput(_("The funnel has no stages yet."))
         if stage is None:
@@ -536,7 +581,12 @@ class DealOpener:
     def member_ids(self) -> frozenset[int]:
         """The funnel's members, read once for all the deals this opener prepares."""
         if self._members is None:
-            self._members = frozenset(self.funnel.members.values_list("pk", flat=True))
+            through = Funnel.members.through._meta.db_table
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    f"SELECT user_id FROM {through} WHERE funnel_id = %s", [self.funnel.pk]
+                )
+                self._members = frozenset(row[0] for row in cursor.fetchall())
         return self._members
 
     def prepare(
@@ -607,7 +657,7 @@ class DealOpener:
             ]
         )
         facts.record_created(deals, at)
-        _create_stage_tasks(deals, self.stage.task_templates.all(), at)
+        _create_stage_tasks(deals, _stage_task_templates(self.stage), at)
         webhooks_dispatch_many(deals=deals, event=WebhookEvent.CREATED)
         return deals
 
