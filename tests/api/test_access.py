@@ -4,8 +4,8 @@ import io
 from datetime import timedelta
 
 import pytest
-from django.db import connection
 from django.core.management import call_command
+from django.db import connection
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
