@@ -185,7 +185,7 @@ class LeadIntakeApi(ApiView):
                 client=client,
                 leads=leads,
                 idempotency_key=idempotency_key,
-                fingerprint=_fingerprint(data),
+                fingerprint=_fingerprint(data) if idempotency_key else "",
             )
             counts = {"created": 0, "attached": 0, "rejected": 0}
             for item in result.results:
@@ -201,7 +201,7 @@ class LeadIntakeApi(ApiView):
                 client=client,
                 leads=[_lead_data(values, data)],
                 idempotency_key=idempotency_key,
-                fingerprint=_fingerprint(data),
+                fingerprint=_fingerprint(data) if idempotency_key else "",
                 raise_on_reject=True,
             )
             body = result.results[0]
