@@ -10,6 +10,8 @@ Building a queryset's SQL costs a few hundred microseconds of CPU each time;
 with the ORM's own value converters, so they equal what the queryset returns.
 """
 
+import contextlib
+import contextvars
 import functools
 from collections.abc import Iterable, Sequence
 
@@ -45,10 +47,88 @@ def _prep(model: type[models.Model], columns: Sequence[str]):
     return names, prep
 
 
+# Rows of small inserts made inside ``writes_together``: (sql, params), in order.
+_pending: contextvars.ContextVar[list[tuple[str, list]] | None] = contextvars.ContextVar(
+    "pending_inserts", default=None
+)
+
+
+@contextlib.contextmanager
+def writes_together():
+    """Send the ``insert_rows`` and ``write_later`` made inside (the history, summaries,
+    tasks, notes and receipts of a request's leads, its round-robin turn) to
+    PostgreSQL together when the block ends: one round trip instead of one each,
+    with one ``INSERT ... SELECT FROM unnest(...)`` per table. Their rows only
+    reference rows written before, and nothing inside reads them back. Nested
+    blocks join the outer one. On SQLite every write runs at once.
+    """
+    if _pending.get() is not None or connection.vendor != "postgresql":
+        yield
+        return
+    token = _pending.set([])
+    try:
+        yield
+        _flush_pending()
+    finally:
+        _pending.reset(token)
+
+
+def write_later(sql: str, params: Sequence = ()) -> None:
+    """Run a write whose result nobody reads: inside ``writes_together``, with the
+    block's other writes; elsewhere at once."""
+    pending = _pending.get()
+    if pending is not None:
+        pending.append((sql, list(params)))
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+
+
+def _flush_pending() -> None:
+    pending = _pending.get()
+    if not pending:
+        return
+    sql = ";\n".join(statement for statement, _params in pending)
+    params = [param for _statement, statement_params in pending for param in statement_params]
+    pending.clear()
+    with connection.cursor() as cursor:
+        # Several statements in one execute: psycopg's client-side binding (Django's
+        # default) sends them as one simple query.
+        cursor.execute(sql, params)
+
+
 def insert_rows(
     model: type[models.Model], columns: Sequence[str], rows: Iterable[Sequence]
 ) -> None:
-    """Insert rows given as tuples in ``columns`` order."""
+    """Insert rows given as tuples in ``columns`` order (inside ``writes_together``,
+    when the block ends)."""
+    pending = _pending.get()
+    if pending is None:
+        _write_rows(model, columns, rows)
+        return
+    _names, prep = _prep(model, columns)
+    rows = [prep(row) for row in rows]
+    if rows:
+        # One array per column, whatever the number of rows: a short statement that
+        # PostgreSQL parses at once (a long VALUES list costs more than COPY).
+        columns_values = [list(values) for values in zip(*rows, strict=True)]
+        pending.append((_unnest_insert_sql(model, tuple(columns)), columns_values))
+
+
+@functools.cache
+def _unnest_insert_sql(model: type[models.Model], columns: tuple[str, ...]) -> str:
+    fields = [model._meta.get_field(name) for name in columns]
+    quote = connection.ops.quote_name
+    arrays = ", ".join(f"%s::{field.db_type(connection)}[]" for field in fields)
+    return (
+        f"INSERT INTO {quote(model._meta.db_table)} "
+        f"({', '.join(quote(field.column) for field in fields)}) SELECT * FROM unnest({arrays})"
+    )
+
+
+def _write_rows(
+    model: type[models.Model], columns: Sequence[str], rows: Iterable[Sequence]
+) -> None:
     names, prep = _prep(model, columns)
     table = connection.ops.quote_name(model._meta.db_table)
     with connection.cursor() as cursor:
@@ -141,7 +221,7 @@ def insert_objects_with_ids(objects: Sequence[models.Model], *, copy_from: int =
     for obj, pk in zip(objects, ids, strict=True):
         obj.pk = pk
     fields = list(model._meta.concrete_fields)
-    insert_rows(
+    _write_rows(  # at once: later rows (and writes_together's) reference these
         model,
         [field.name for field in fields],
         ([field.pre_save(obj, add=True) for field in fields] for obj in objects),
@@ -208,20 +288,35 @@ def fetch_objects(
     order); values go through the same converters as the ORM's, so that SQLite's
     dates and decimals and JSON on both databases come out as a queryset's would.
     """
-    _fields, attnames, converters = _select_plan(model, tuple(names), connection.vendor)
+    return [row[0] for row in fetch_joined([(model, names)], sql, params)]
+
+
+def fetch_joined(
+    parts: Sequence[tuple[type[models.Model], Sequence[str]]], sql: str, params: Sequence = ()
+) -> list[tuple[models.Model | None, ...]]:
+    """``fetch_objects`` for a join: each row is the ``select_list`` of each (model,
+    names) in turn and becomes a tuple of instances; a part whose id is NULL (an
+    outer join without a match) is None."""
+    plans = [_select_plan(model, tuple(names), connection.vendor) for model, names in parts]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
     alias = connection.alias
-    objects = []
+    result = []
     for row in rows:
-        if converters:
-            row = list(row)
+        start, objects = 0, []
+        for (model, _names), (fields, attnames, converters) in zip(parts, plans, strict=True):
+            values = list(row[start : start + len(fields)])
+            start += len(fields)
+            if values[0] is None and fields[0].primary_key:
+                objects.append(None)
+                continue
             for index, col, functions in converters:
                 for convert in functions:
-                    row[index] = convert(row[index], col, connection)
-        objects.append(model.from_db(alias, attnames, row))
-    return objects
+                    values[index] = convert(values[index], col, connection)
+            objects.append(model.from_db(alias, attnames, values))
+        result.append(tuple(objects))
+    return result
 
 
 def placeholders(count: int) -> str:

@@ -6,10 +6,10 @@ becomes of them. ``lead_intake`` runs one request (one lead or a batch) in one
 transaction:
 
 1. With an ``Idempotency-Key`` it first inserts the request's
-   ``IntakeIdempotencyRecord``. A concurrent request with the same key blocks
-   on the unique constraint until the first commits, then fails with an
-   ``IntegrityError`` and returns the stored result: a retry never makes a
-   second deal, even when both arrive at the same moment.
+   ``IntakeIdempotencyRecord`` (``ON CONFLICT DO NOTHING``). A concurrent
+   request with the same key blocks on the unique constraint until the first
+   commits, then inserts nothing and returns the stored result: a retry never
+   makes a second deal, even when both arrive at the same moment.
 2. On PostgreSQL it takes advisory locks on the leads' external ids, phones
    and emails, all at once in a fixed order: two requests carrying the same
    lead or the same client run one after the other, and any others in
@@ -35,12 +35,20 @@ import zlib
 from collections.abc import Sequence
 from decimal import Decimal
 
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from accounts.models import ApiKey, Role, User
-from crm.db import fetch_objects, insert_objects, placeholders, select_list
+from crm.db import (
+    fetch_objects,
+    insert_objects,
+    placeholders,
+    select_list,
+    update_rows,
+    write_later,
+    writes_together,
+)
 from crm.errors import DomainError, Forbidden, InvalidInput
 from deals.models import (
     Deal,
@@ -206,8 +214,12 @@ def lead_intake(
     results = _take_leads(client, leads, raise_on_reject=raise_on_reject)
     if record is not None:
         record.result = {"results": results}
-        record.save(update_fields=["result"])
+        update_rows(IntakeIdempotencyRecord, ["result"], [(record.result, record.pk)])
     return IntakeResult(results=results)
+
+
+_RECORD_TABLE = IntakeIdempotencyRecord._meta.db_table
+_RECORD_COLUMNS = tuple(field.name for field in IntakeIdempotencyRecord._meta.concrete_fields)
 
 
 def _claim_idempotency_key(
@@ -215,17 +227,35 @@ def _claim_idempotency_key(
 ) -> IntakeIdempotencyRecord:
     """Insert the key's record, or return the stored one (its ``result`` is then set).
 
-    The insert runs in a savepoint: if another transaction holds the same key,
-    PostgreSQL makes this insert wait for it; once it commits the insert fails
-    and the committed record is read instead (READ COMMITTED sees it).
+    If another transaction holds the same key, the insert waits for it (the
+    unique constraint); once it commits the insert does nothing and the
+    committed record is read instead (READ COMMITTED sees it).
     """
-    try:
-        with transaction.atomic():
-            return IntakeIdempotencyRecord.objects.create(
-                client=client.label, key=key, fingerprint=fingerprint
-            )
-    except IntegrityError:
-        record = IntakeIdempotencyRecord.objects.get(client=client.label, key=key)
+    record = IntakeIdempotencyRecord(client=client.label, key=key, fingerprint=fingerprint)
+    created_at = IntakeIdempotencyRecord._meta.get_field("created_at")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {_RECORD_TABLE} (client, {connection.ops.quote_name('key')}, "
+            "fingerprint, created_at) VALUES (%s, %s, %s, %s) "
+            f"ON CONFLICT (client, {connection.ops.quote_name('key')}) DO NOTHING RETURNING id",
+            [
+                client.label,
+                key,
+                fingerprint,
+                created_at.get_db_prep_value(record.created_at, connection),
+            ],
+        )
+        row = cursor.fetchone()
+    if row is not None:
+        record.pk = row[0]
+        return record
+    (record,) = fetch_objects(
+        IntakeIdempotencyRecord,
+        _RECORD_COLUMNS,
+        f"SELECT {select_list(IntakeIdempotencyRecord, _RECORD_COLUMNS, 'r')} "
+        f"FROM {_RECORD_TABLE} r WHERE r.client = %s AND r.{connection.ops.quote_name('key')} = %s",
+        [client.label, key],
+    )
     if record.fingerprint != fingerprint:
         raise IdempotencyKeyReused(
             _(
@@ -449,23 +479,24 @@ class _FunnelBatch:
             if ext:
                 known[ext] = outcomes[index][:2]
 
-        self._assign_turns([deal for deal, lead in new if lead.owner_id is None])
-        opener.save([deal for deal, _lead in new])
-        notes_add_system(notes=notes, at=self.at)
-        insert_objects(
-            [
-                LeadReceipt(
-                    funnel_id=funnel.pk,
-                    deal=deal,
-                    outcome=outcome,
-                    external_id=lead.external_id or None,
-                    client=client.label,
-                    payload=lead.payload,
-                    received_at=self.at,
-                )
-                for lead, deal, outcome in receipts
-            ]
-        )
+        with writes_together():  # the turn, the deals' rows, notes, receipts: one round trip
+            self._assign_turns([deal for deal, lead in new if lead.owner_id is None])
+            opener.save([deal for deal, _lead in new])
+            notes_add_system(notes=notes, at=self.at)
+            insert_objects(
+                [
+                    LeadReceipt(
+                        funnel_id=funnel.pk,
+                        deal=deal,
+                        outcome=outcome,
+                        external_id=lead.external_id or None,
+                        client=client.label,
+                        payload=lead.payload,
+                        received_at=self.at,
+                    )
+                    for lead, deal, outcome in receipts
+                ]
+            )
         return {
             index: outcome
             if isinstance(outcome, DomainError)
@@ -568,12 +599,11 @@ class _FunnelBatch:
             owner = next((user for user in rotation if user.pk > last), rotation[0])
             deal.owner = owner
             last = owner.pk
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"UPDATE {FunnelIntakeState._meta.db_table} SET last_assigned_id = %s "
-                "WHERE funnel_id = %s",
-                [last, self.funnel.pk],
-            )
+        write_later(
+            f"UPDATE {FunnelIntakeState._meta.db_table} SET last_assigned_id = %s "
+            "WHERE funnel_id = %s",
+            [last, self.funnel.pk],
+        )
 
 
 # What the duplicate check needs of an open deal: its id, owner and age.

@@ -419,6 +419,18 @@ def test_every_deal_of_a_large_batch_keeps_its_new_client(client):
     assert rows == [(f"79000000{n:03d}", f"c{n}@example.com") for n in range(12)]
 
 
+def test_awkward_text_is_stored_as_sent(client):
+    # On PostgreSQL a lead's rows go in as arrays (writes_together): quoting must hold.
+    text = 'He said "call me", {later}, \\back\\slash, it\'s NULL; ёлка'
+    payload = {"comment": text, "nested": {"list": [1, "a,b", None]}}
+    take(client, lead(1, comment=text, utm={"campaign": text}, payload=payload))
+
+    assert Note.objects.get().text == (
+        f"Request received (key:1).\nComment: {text}\nUTM: campaign={text}"
+    )
+    assert LeadReceipt.objects.get().payload == payload
+
+
 def test_a_batch_takes_the_same_number_of_queries_whatever_its_size(client):
     take(client, lead(0))  # the intake row and the funnel's first lead exist
 
