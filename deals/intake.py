@@ -61,6 +61,8 @@ from deals.models import (
 from deals.services import (
     ContactBook,
     DealOpener,
+    FunnelLayout,
+    funnel_layout,
     normalize_email,
     normalize_phone,
     notes_add_system,
@@ -270,7 +272,7 @@ def _claim_idempotency_key(
 def _take_leads(
     client: IntakeClient, leads: Sequence[LeadData | InvalidInput], *, raise_on_reject: bool
 ) -> list[dict]:
-    funnels: dict[int, Funnel | DomainError] = {}
+    funnels: dict[int, FunnelLayout | DomainError] = {}
     outcomes: dict[int, dict | DomainError] = {}
     by_funnel: dict[int, list[int]] = {}
     for index, lead in enumerate(leads):
@@ -315,7 +317,7 @@ def _raise_first_rejected(outcomes: dict[int, dict | DomainError]) -> None:
 
 
 def _target_funnel(
-    client: IntakeClient, lead: LeadData, cache: dict[int, Funnel | DomainError]
+    client: IntakeClient, lead: LeadData, cache: dict[int, FunnelLayout | DomainError]
 ) -> Funnel:
     """The lead's funnel, if the client may post into it. ``cache`` keeps each funnel's
     answer for the request: one read of a funnel for a batch of its leads."""
@@ -338,25 +340,19 @@ def _target_funnel(
     answer = cache[funnel_id]
     if isinstance(answer, DomainError):
         raise answer
-    return answer
+    return answer.funnel
 
 
-_FUNNEL_COLUMNS = tuple(field.name for field in Funnel._meta.concrete_fields)
 _MEMBERS_TABLE = Funnel.members.through._meta.db_table
 _USER_COLUMNS = tuple(field.name for field in User._meta.concrete_fields)
 
 
-def _open_funnel(client: IntakeClient, funnel_id: int) -> Funnel:
+def _open_funnel(client: IntakeClient, funnel_id: int) -> FunnelLayout:
     # Hand-written SELECTs here and below: each runs for every request, and building a
-    # queryset's SQL would cost more CPU than PostgreSQL spends running it.
-    found = fetch_objects(
-        Funnel,
-        _FUNNEL_COLUMNS,
-        f"SELECT {select_list(Funnel, _FUNNEL_COLUMNS, 'f')} FROM {Funnel._meta.db_table} f "
-        "WHERE f.id = %s",
-        [funnel_id],
-    )
-    funnel = found[0] if found else None
+    # queryset's SQL would cost more CPU than PostgreSQL spends running it. The funnel
+    # comes with its stages and templates, for its DealOpener.
+    layout = funnel_layout(funnel_id)
+    funnel = layout.funnel if layout else None
     if funnel is None:
         raise InvalidInput(
             _("Funnel %(id)s does not exist.") % {"id": funnel_id},
@@ -373,7 +369,7 @@ def _open_funnel(client: IntakeClient, funnel_id: int) -> Funnel:
             _("You do not work the funnel “%(name)s”.") % {"name": funnel.name},
             fields={"funnel": _("Choose one of your funnels.")},
         )
-    return funnel
+    return layout
 
 
 def _works(user: User, funnel: Funnel) -> bool:
@@ -421,16 +417,17 @@ class _FunnelBatch:
     """One request's leads for one funnel (steps 3 and 4 of the module's docstring),
     in the same number of statements for one lead or a thousand."""
 
-    def __init__(self, client: IntakeClient, funnel: Funnel, leads: dict[int, LeadData]):
+    def __init__(self, client: IntakeClient, layout: FunnelLayout, leads: dict[int, LeadData]):
         self.client = client
-        self.funnel = funnel
+        self.layout = layout
+        self.funnel = layout.funnel
         self.leads = leads
         self.at = timezone.now()
 
     def take(self, *, raise_on_reject: bool) -> dict[int, dict | DomainError]:
         client, funnel = self.client, self.funnel
         try:
-            opener = DealOpener(funnel, at=self.at)
+            opener = DealOpener(funnel, at=self.at, layout=self.layout)
         except DomainError as error:  # a funnel without stages takes no lead
             if raise_on_reject:
                 raise lead_error(error) from None

@@ -10,6 +10,7 @@ permission check but never the funnel's rules. ``at`` lets the importer and
 the demo write history in the past; it defaults to now.
 """
 
+import dataclasses
 import datetime
 import re
 from collections.abc import Iterable
@@ -516,30 +517,48 @@ def _set_status(
 
 # Every new deal reads its funnel's stages and their task templates: one hand-written
 # SELECT, the same rows as ``funnel.stages.order_by("position")`` and each
-# ``stage.task_templates.all()``.
+# ``stage.task_templates.all()`` (with the funnel's row, for the lead intake).
 _STAGE_COLUMNS = tuple(field.name for field in Stage._meta.concrete_fields)
 _TEMPLATE_COLUMNS = tuple(field.name for field in TaskTemplate._meta.concrete_fields)
 
 
-def _funnel_stages(funnel: Funnel) -> tuple[list[Stage], dict[int, list[TaskTemplate]]]:
-    """The funnel's stages by position, and each stage's task templates: one query."""
+_FUNNEL_COLUMNS = tuple(field.name for field in Funnel._meta.concrete_fields)
+
+
+@dataclasses.dataclass
+class FunnelLayout:
+    """A funnel with its stages (by position) and each stage's task templates (by id)."""
+
+    funnel: Funnel
+    stages: list[Stage]
+    templates: dict[int, list[TaskTemplate]]
+
+
+def funnel_layout(funnel_id: int) -> FunnelLayout | None:
+    """The funnel with its stages and templates, in one query; None if there is none."""
     rows = fetch_joined(
-        [(Stage, _STAGE_COLUMNS), (TaskTemplate, _TEMPLATE_COLUMNS)],
-        f"SELECT {select_list(Stage, _STAGE_COLUMNS, 's')}, "
+        [(Funnel, _FUNNEL_COLUMNS), (Stage, _STAGE_COLUMNS), (TaskTemplate, _TEMPLATE_COLUMNS)],
+        f"SELECT {select_list(Funnel, _FUNNEL_COLUMNS, 'f')}, "
+        f"{select_list(Stage, _STAGE_COLUMNS, 's')}, "
         f"{select_list(TaskTemplate, _TEMPLATE_COLUMNS, 't')} "
-        f"FROM {Stage._meta.db_table} s "
+        f"FROM {Funnel._meta.db_table} f "
+        f"LEFT JOIN {Stage._meta.db_table} s ON s.funnel_id = f.id "
         f"LEFT JOIN {TaskTemplate._meta.db_table} t ON t.stage_id = s.id "
-        "WHERE s.funnel_id = %s ORDER BY s.position, t.id",
-        [funnel.pk],
+        "WHERE f.id = %s ORDER BY s.position, t.id",
+        [funnel_id],
     )
+    if not rows:
+        return None
     stages: dict[int, Stage] = {}
     templates: dict[int, list[TaskTemplate]] = {}
-    for stage, template in rows:
+    for _funnel, stage, template in rows:
+        if stage is None:  # a funnel without stages
+            continue
         stage = stages.setdefault(stage.pk, stage)
         templates.setdefault(stage.pk, [])
         if template is not None:
             templates[stage.pk].append(template)
-    return list(stages.values()), templates
+    return FunnelLayout(funnel=rows[0][0], stages=list(stages.values()), templates=templates)
 
 
 class DealOpener:
@@ -559,13 +578,16 @@ class DealOpener:
         stage: Stage | None = None,
         at: datetime.datetime | None = None,
         contacts: ContactBook | None = None,
+        layout: FunnelLayout | None = None,
     ) -> None:
+        """``layout``: the funnel's stages and templates, when the caller read them."""
         self.funnel = funnel
         self.at = at or timezone.now()
         self.contacts = contacts if contacts is not None else ContactBook()
         if not funnel.is_active:
             raise InvalidInput(_("The funnel “%(name)s” is archived.") % {"name": funnel.name})
-        stages, self._templates = _funnel_stages(funnel)
+        layout = layout or funnel_layout(funnel.pk)
+        stages, self._templates = layout.stages, layout.templates
         if not stages:
             raise InvalidInput(_("The funnel has no stages yet."))
         if stage is None:

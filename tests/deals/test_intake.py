@@ -431,6 +431,25 @@ def test_awkward_text_is_stored_as_sent(client):
     assert LeadReceipt.objects.get().payload == payload
 
 
+def test_a_single_lead_takes_ten_statements_on_postgresql(client):
+    take(client, lead(0))  # the intake row and the funnel's first lead exist
+
+    with CaptureQueriesContext(connection) as queries:
+        take(client, lead(1, external_id="x-1"))
+
+    # The funnel with its stages and templates, [the advisory locks], the known external
+    # ids, the clients, the intake row (locked), the rotation, the client, the deal, the
+    # webhook subscriptions, then every other write: on PostgreSQL in one round trip
+    # (the turn, history, summaries, receipt), on SQLite one statement each.
+    statements = [query["sql"] for query in queries.captured_queries[1:-1]]  # savepoint
+    if connection.vendor == "postgresql":
+        assert len(statements) == 10
+        assert statements[-1].startswith("UPDATE deals_funnelintakestate")
+        assert statements[-1].count("INSERT INTO") == 4
+    else:
+        assert len(statements) == 13
+
+
 def test_a_batch_takes_the_same_number_of_queries_whatever_its_size(client):
     take(client, lead(0))  # the intake row and the funnel's first lead exist
 
