@@ -100,19 +100,20 @@ def _flush_pending() -> None:
 def insert_rows(
     model: type[models.Model], columns: Sequence[str], rows: Iterable[Sequence]
 ) -> None:
-    """Insert rows given as tuples in ``columns`` order (inside ``writes_together``,
-    when the block ends)."""
+    """Insert rows given as tuples in ``columns`` order (foreign keys as ids); nothing
+    for no rows. Inside ``writes_together``, when the block ends."""
+    rows = list(rows)
+    if not rows:
+        return
     pending = _pending.get()
     if pending is None:
         _write_rows(model, columns, rows)
         return
     _names, prep = _prep(model, columns)
-    rows = [prep(row) for row in rows]
-    if rows:
-        # One array per column, whatever the number of rows: a short statement that
-        # PostgreSQL parses at once (a long VALUES list costs more than COPY).
-        columns_values = [list(values) for values in zip(*rows, strict=True)]
-        pending.append((_unnest_insert_sql(model, tuple(columns)), columns_values))
+    # One array per column, whatever the number of rows: a short statement that
+    # PostgreSQL parses at once (a long VALUES list costs more than COPY).
+    columns_values = [list(values) for values in zip(*map(prep, rows), strict=True)]
+    pending.append((_unnest_insert_sql(model, tuple(columns)), columns_values))
 
 
 @functools.cache
@@ -182,12 +183,11 @@ def reserve_ids(model: type[models.Model], count: int) -> list[int] | None:
 def insert_objects(objects: Sequence[models.Model]) -> None:
     """Insert unsaved instances of one model whose ids nobody reads back (history and
     summary rows): ``insert_rows`` of every concrete field but the id, one COPY on
-    PostgreSQL, with none of ``bulk_create``'s per-value work."""
+    PostgreSQL, with none of ``bulk_create``'s per-value work. The objects they
+    reference are saved before they are built (their ids are read as they are)."""
     if not objects:
         return
     model = type(objects[0])
-    for obj in objects:
-        obj._prepare_related_fields_for_save(operation_name="bulk_create")
     fields = [field for field in model._meta.concrete_fields if not field.primary_key]
     insert_rows(
         model,

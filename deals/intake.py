@@ -42,7 +42,7 @@ from django.utils.translation import gettext as _
 from accounts.models import ApiKey, Role, User
 from crm.db import (
     fetch_objects,
-    insert_objects,
+    insert_rows,
     placeholders,
     select_list,
     update_rows,
@@ -480,19 +480,21 @@ class _FunnelBatch:
             self._assign_turns([deal for deal, lead in new if lead.owner_id is None])
             opener.save([deal for deal, _lead in new])
             notes_add_system(notes=notes, at=self.at)
-            insert_objects(
+            insert_rows(
+                LeadReceipt,
+                ["funnel", "deal", "outcome", "external_id", "client", "payload", "received_at"],
                 [
-                    LeadReceipt(
-                        funnel_id=funnel.pk,
-                        deal=deal,
-                        outcome=outcome,
-                        external_id=lead.external_id or None,
-                        client=client.label,
-                        payload=lead.payload,
-                        received_at=self.at,
+                    (
+                        funnel.pk,
+                        deal.pk,
+                        outcome,
+                        lead.external_id or None,
+                        client.label,
+                        lead.payload,
+                        self.at,
                     )
                     for lead, deal, outcome in receipts
-                ]
+                ],
             )
         return {
             index: outcome

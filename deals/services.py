@@ -25,8 +25,8 @@ from analytics import facts
 from crm.db import (
     fetch_joined,
     fetch_objects,
-    insert_objects,
     insert_objects_with_ids,
+    insert_rows,
     placeholders,
     select_list,
     update_rows,
@@ -466,18 +466,22 @@ def _create_stage_tasks(
 ) -> None:
     """The tasks a stage's templates give each deal entering it, for its owner."""
     templates = list(templates)
-    insert_objects(
+    insert_rows(  # rows, not Task instances: a batch of leads makes hundreds
+        Task,
+        ["deal", "assignee", "title", "due_at", "done_at", "created_at", "created_by"],
         [
-            Task(
-                deal=deal,
-                assignee_id=deal.owner_id,
-                title=template.title,
-                due_at=at + datetime.timedelta(minutes=template.due_in_minutes),
-                created_at=at,
+            (
+                deal.pk,
+                deal.owner_id,
+                template.title,
+                at + datetime.timedelta(minutes=template.due_in_minutes),
+                None,
+                at,
+                None,
             )
             for deal in deals
             for template in templates
-        ]
+        ],
     )
 
 
@@ -676,11 +680,10 @@ class DealOpener:
                     ) from None
                 raise
             at = self.at
-            insert_objects(
-                [
-                    StageChange(deal=deal, from_stage=None, to_stage=self.stage, at=at, actor=actor)
-                    for deal in deals
-                ]
+            insert_rows(
+                StageChange,
+                ["deal", "from_stage", "to_stage", "at", "actor"],
+                [(deal.pk, None, self.stage.pk, at, actor.pk if actor else None) for deal in deals],
             )
             facts.record_created(deals, at)
             _create_stage_tasks(deals, self._templates.get(self.stage.pk, []), at)
@@ -1054,6 +1057,8 @@ def notes_add_system(*, notes: list[tuple[Deal, str]], at: datetime.datetime) ->
     """Notes written by the system (lead intake), in one statement. The system is no
     response to the client, so no first-response time is recorded (as ``note_add``
     with ``actor=None``)."""
-    insert_objects(
-        [Note(deal=deal, author=None, text=text.strip(), created_at=at) for deal, text in notes]
+    insert_rows(
+        Note,
+        ["deal", "author", "text", "created_at"],
+        [(deal.pk, None, text.strip(), at) for deal, text in notes],
     )
