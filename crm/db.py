@@ -88,13 +88,19 @@ def _flush_pending() -> None:
     pending = _pending.get()
     if not pending:
         return
-    sql = ";\n".join(statement for statement, _params in pending)
-    params = [param for _statement, statement_params in pending for param in statement_params]
+    statements = list(pending)
     pending.clear()
     with connection.cursor() as cursor:
+        if connection.settings_dict.get("OPTIONS", {}).get("server_side_binding"):
+            for sql, params in statements:  # the extended protocol takes one at a time
+                cursor.execute(sql, params)
+            return
         # Several statements in one execute: psycopg's client-side binding (Django's
         # default) sends them as one simple query.
-        cursor.execute(sql, params)
+        cursor.execute(
+            ";\n".join(sql for sql, _params in statements),
+            [param for _sql, params in statements for param in params],
+        )
 
 
 def insert_rows(

@@ -450,6 +450,29 @@ def test_a_single_lead_takes_ten_statements_on_postgresql(client):
         assert len(statements) == 13
 
 
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="writes_together is PostgreSQL's")
+def test_with_server_side_binding_the_writes_go_one_by_one(client, monkeypatch):
+    options = {**connection.settings_dict.get("OPTIONS", {}), "server_side_binding": True}
+    monkeypatch.setitem(connection.settings_dict, "OPTIONS", options)
+
+    with CaptureQueriesContext(connection) as queries:
+        take(client, lead(1, comment="Call me"))
+
+    writes = [
+        q["sql"].split(" (")[0]
+        for q in queries.captured_queries
+        if q["sql"].startswith("INSERT") and "unnest(" in q["sql"]
+    ]
+    assert writes == [
+        'INSERT INTO "deals_stagechange"',
+        'INSERT INTO "analytics_stagereach"',
+        'INSERT INTO "analytics_stagetime"',
+        'INSERT INTO "deals_note"',
+        'INSERT INTO "deals_leadreceipt"',
+    ]
+    assert (Deal.objects.count(), StageChange.objects.count(), Note.objects.count()) == (1, 1, 1)
+
+
 def test_a_batch_takes_the_same_number_of_queries_whatever_its_size(client):
     take(client, lead(0))  # the intake row and the funnel's first lead exist
 
