@@ -4,7 +4,7 @@ from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.utils.translation import gettext_lazy as _
 
 from accounts.models import ApiKey, ApiScope, Team, User
-from accounts.services import api_key_revoke, api_key_set_secret
+from accounts.services import api_key_changed, api_key_revoke, api_key_set_secret
 
 
 @admin.register(User)
@@ -67,6 +67,8 @@ class ApiKeyAdmin(admin.ModelAdmin):
                 _("Copy the key now, it is not shown again: %(key)s") % {"key": raw_key},
             )
         super().save_model(request, obj, form, change)
+        if change:
+            api_key_changed(api_key=obj)
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False  # revoke instead: the key's use stays on record

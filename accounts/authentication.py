@@ -11,6 +11,7 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions, permissions
 
 from accounts.models import ApiKey
+from accounts.selectors import api_key_by_hash
 from accounts.services import api_key_hash, api_key_touch
 
 
@@ -27,11 +28,7 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
             raw_key = header[1].decode()
         except UnicodeDecodeError:
             raise exceptions.AuthenticationFailed(_("The API key is invalid.")) from None
-        api_key = (
-            ApiKey.objects.select_related("user", "funnel")
-            .filter(key_hash=api_key_hash(raw_key))
-            .first()
-        )
+        api_key = api_key_by_hash(api_key_hash(raw_key))
         if api_key is None:
             raise exceptions.AuthenticationFailed(_("The API key is invalid."))
         if not api_key.is_active:

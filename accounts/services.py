@@ -14,6 +14,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from accounts.models import ApiKey, ApiScope, User
+from accounts.selectors import api_key_cache_drop, api_key_cache_store
 from crm.errors import InvalidInput
 
 KEY_PREFIX = "vrk_"
@@ -74,14 +75,25 @@ def api_key_create(
 
 
 def api_key_revoke(*, api_key: ApiKey) -> None:
-    """Revoke a key at once. Revoking twice keeps the first date."""
+    """Revoke a key at once (its cached copy is dropped on commit). Revoking twice keeps
+    the first date."""
     ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    api_key_cache_drop(api_key.key_hash)
+
+
+def api_key_changed(*, api_key: ApiKey) -> None:
+    """A key was edited (the admin): requests see the change from the next commit on."""
+    api_key_cache_drop(api_key.key_hash)
 
 
 def api_key_touch(*, api_key: ApiKey, min_interval_seconds: int = 60) -> None:
-    """Record the key's use, at most once a minute: not one write per request."""
+    """Record the key's use, at most once a minute: not one write per request.
+
+    The new date goes into the cached copy too, which every worker reads: the
+    write is once a minute per key, not per worker."""
     now = timezone.now()
     last = api_key.last_used_at
     if last is None or (now - last).total_seconds() >= min_interval_seconds:
         ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
         api_key.last_used_at = now
+        api_key_cache_store(api_key)

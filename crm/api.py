@@ -11,6 +11,7 @@ put in the same shape, nested field names joined with dots (``contact.phone``,
 import math
 
 from django.conf import settings
+from django.core.cache.backends.redis import RedisCacheClient
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import Http404
 from django.utils.translation import gettext as _
@@ -108,15 +109,26 @@ class ApiRateThrottle(SimpleRateThrottle):
             return True
         now = self.timer()
         window = int(now // self.duration)
-        key = f"{self.key}:{window}"
-        self.cache.add(key, 0, self.duration + 1)
-        try:
-            count = self.cache.incr(key)
-        except ValueError:  # expired between add and incr
-            self.cache.add(key, 1, self.duration + 1)
-            count = 1
+        count = self._count(f"{self.key}:{window}", self.duration + 1)
         self._retry_after = (window + 1) * self.duration - now
         return count <= self.num_requests
+
+    def _count(self, key: str, timeout: int) -> int:
+        """Add one to the window's counter; return it. On Redis one round trip (a
+        pipeline of SET NX and INCR), elsewhere the cache's add and incr."""
+        client = getattr(self.cache, "_cache", None)
+        if isinstance(client, RedisCacheClient):
+            key = self.cache.make_and_validate_key(key)
+            pipe = client.get_client(key, write=True).pipeline(transaction=False)
+            pipe.set(key, 0, ex=timeout, nx=True)
+            pipe.incr(key)
+            return pipe.execute()[1]
+        self.cache.add(key, 0, timeout)
+        try:
+            return self.cache.incr(key)
+        except ValueError:  # expired between add and incr
+            self.cache.add(key, 1, timeout)
+            return 1
 
     def wait(self) -> float:
         return max(self._retry_after, 1.0)

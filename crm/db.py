@@ -1,11 +1,18 @@
-"""Fast bulk writes for the importer and the benchmark: COPY on PostgreSQL.
+"""Fast reads and writes for hot paths (lead intake, the importer): hand-written SQL.
 
 Django's ``bulk_create``/``bulk_update`` build one huge statement per batch,
 about ten thousand rows a second here; COPY and pipelined ``executemany`` are
 an order of magnitude faster. Values go through each field's
 ``get_db_prep_value``, so they are stored exactly as the ORM would store them.
+
+Building a queryset's SQL costs a few hundred microseconds of CPU each time;
+``fetch_objects`` runs a hand-written SELECT instead and makes model instances
+with the ORM's own value converters, so they equal what the queryset returns.
 """
 
+import contextlib
+import contextvars
+import functools
 from collections.abc import Iterable, Sequence
 
 from django.db import connection, models
@@ -40,10 +47,95 @@ def _prep(model: type[models.Model], columns: Sequence[str]):
     return names, prep
 
 
+# Rows of small inserts made inside ``writes_together``: (sql, params), in order.
+_pending: contextvars.ContextVar[list[tuple[str, list]] | None] = contextvars.ContextVar(
+    "pending_inserts", default=None
+)
+
+
+@contextlib.contextmanager
+def writes_together():
+    """Send the ``insert_rows`` and ``write_later`` made inside (the history, summaries,
+    tasks, notes and receipts of a request's leads, its round-robin turn) to
+    PostgreSQL together when the block ends: one round trip instead of one each,
+    with one ``INSERT ... SELECT FROM unnest(...)`` per table. Their rows only
+    reference rows written before, and nothing inside reads them back. Nested
+    blocks join the outer one. On SQLite every write runs at once.
+    """
+    if _pending.get() is not None or connection.vendor != "postgresql":
+        yield
+        return
+    token = _pending.set([])
+    try:
+        yield
+        _flush_pending()
+    finally:
+        _pending.reset(token)
+
+
+def write_later(sql: str, params: Sequence = ()) -> None:
+    """Run a write whose result nobody reads: inside ``writes_together``, with the
+    block's other writes; elsewhere at once."""
+    pending = _pending.get()
+    if pending is not None:
+        pending.append((sql, list(params)))
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+
+
+def _flush_pending() -> None:
+    pending = _pending.get()
+    if not pending:
+        return
+    statements = list(pending)
+    pending.clear()
+    with connection.cursor() as cursor:
+        if connection.settings_dict.get("OPTIONS", {}).get("server_side_binding"):
+            for sql, params in statements:  # the extended protocol takes one at a time
+                cursor.execute(sql, params)
+            return
+        # Several statements in one execute: psycopg's client-side binding (Django's
+        # default) sends them as one simple query.
+        cursor.execute(
+            ";\n".join(sql for sql, _params in statements),
+            [param for _sql, params in statements for param in params],
+        )
+
+
 def insert_rows(
     model: type[models.Model], columns: Sequence[str], rows: Iterable[Sequence]
 ) -> None:
-    """Insert rows given as tuples in ``columns`` order."""
+    """Insert rows given as tuples in ``columns`` order (foreign keys as ids); nothing
+    for no rows. Inside ``writes_together``, when the block ends."""
+    rows = list(rows)
+    if not rows:
+        return
+    pending = _pending.get()
+    if pending is None:
+        _write_rows(model, columns, rows)
+        return
+    _names, prep = _prep(model, columns)
+    # One array per column, whatever the number of rows: a short statement that
+    # PostgreSQL parses at once (a long VALUES list costs more than COPY).
+    columns_values = [list(values) for values in zip(*map(prep, rows), strict=True)]
+    pending.append((_unnest_insert_sql(model, tuple(columns)), columns_values))
+
+
+@functools.cache
+def _unnest_insert_sql(model: type[models.Model], columns: tuple[str, ...]) -> str:
+    fields = [model._meta.get_field(name) for name in columns]
+    quote = connection.ops.quote_name
+    arrays = ", ".join(f"%s::{field.db_type(connection)}[]" for field in fields)
+    return (
+        f"INSERT INTO {quote(model._meta.db_table)} "
+        f"({', '.join(quote(field.column) for field in fields)}) SELECT * FROM unnest({arrays})"
+    )
+
+
+def _write_rows(
+    model: type[models.Model], columns: Sequence[str], rows: Iterable[Sequence]
+) -> None:
     names, prep = _prep(model, columns)
     table = connection.ops.quote_name(model._meta.db_table)
     with connection.cursor() as cursor:
@@ -97,7 +189,8 @@ def reserve_ids(model: type[models.Model], count: int) -> list[int] | None:
 def insert_objects(objects: Sequence[models.Model]) -> None:
     """Insert unsaved instances of one model whose ids nobody reads back (history and
     summary rows): ``insert_rows`` of every concrete field but the id, one COPY on
-    PostgreSQL, with none of ``bulk_create``'s per-value work."""
+    PostgreSQL, with none of ``bulk_create``'s per-value work. The objects they
+    reference are saved before they are built (their ids are read as they are)."""
     if not objects:
         return
     model = type(objects[0])
@@ -114,19 +207,27 @@ def insert_objects_with_ids(objects: Sequence[models.Model], *, copy_from: int =
 
     From ``copy_from`` objects on, on PostgreSQL, the ids are taken from the table's
     sequence first and the rows written with COPY: a few times less work per row.
-    Fewer objects (one lead) go through ``bulk_create``: one statement instead of two.
+    Fewer objects (one lead) go in one ``INSERT ... RETURNING``: one statement
+    instead of two, without the ORM's statement building.
     """
     if not objects:
         return
     model = type(objects[0])
+    for obj in objects:
+        # As bulk_create: a related object saved after it was assigned (a deal's new
+        # client) gives its id now.
+        obj._prepare_related_fields_for_save(operation_name="bulk_create")
     ids = reserve_ids(model, len(objects)) if len(objects) >= copy_from else None
     if ids is None:
-        model.objects.bulk_create(objects)
+        if connection.features.can_return_rows_from_bulk_insert:
+            _insert_returning_ids(objects)
+        else:
+            model.objects.bulk_create(objects)
         return
     for obj, pk in zip(objects, ids, strict=True):
         obj.pk = pk
     fields = list(model._meta.concrete_fields)
-    insert_rows(
+    _write_rows(  # at once: later rows (and writes_together's) reference these
         model,
         [field.name for field in fields],
         ([field.pre_save(obj, add=True) for field in fields] for obj in objects),
@@ -134,3 +235,96 @@ def insert_objects_with_ids(objects: Sequence[models.Model], *, copy_from: int =
     for obj in objects:
         obj._state.adding = False
         obj._state.db = connection.alias
+
+
+def _insert_returning_ids(objects: Sequence[models.Model]) -> None:
+    model = type(objects[0])
+    fields = [field for field in model._meta.concrete_fields if not field.primary_key]
+    quote = connection.ops.quote_name
+    names = ", ".join(quote(field.column) for field in fields)
+    row_marks = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    params = [
+        field.get_db_prep_save(field.pre_save(obj, add=True), connection)
+        for obj in objects
+        for field in fields
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {quote(model._meta.db_table)} ({names}) "
+            f"VALUES {', '.join([row_marks] * len(objects))} "
+            f"RETURNING {quote(model._meta.pk.column)}",
+            params,
+        )
+        ids = [row[0] for row in cursor.fetchall()]  # in VALUES order, as bulk_create relies on
+    for obj, pk in zip(objects, ids, strict=True):
+        obj.pk = pk
+        obj._state.adding = False
+        obj._state.db = connection.alias
+
+
+@functools.cache
+def _select_plan(model: type[models.Model], names: tuple[str, ...], vendor: str):
+    """The fields in model order, their attnames and each column's converters."""
+    fields = [field for field in model._meta.concrete_fields if field.name in names]
+    unknown = set(names) - {field.name for field in fields}
+    if unknown:
+        raise ValueError(f"Not concrete fields of {model.__name__}: {sorted(unknown)}")
+    converters = []
+    for index, field in enumerate(fields):
+        col = field.get_col(model._meta.db_table)
+        found = connection.ops.get_db_converters(col) + col.get_db_converters(connection)
+        if found:
+            converters.append((index, col, found))
+    return fields, [field.attname for field in fields], converters
+
+
+def select_list(model: type[models.Model], names: Iterable[str], table: str) -> str:
+    """The SELECT list of ``fetch_objects`` for these fields, columns of ``table`` (an alias)."""
+    fields, _attnames, _converters = _select_plan(model, tuple(names), connection.vendor)
+    quote = connection.ops.quote_name
+    return ", ".join(f"{table}.{quote(field.column)}" for field in fields)
+
+
+def fetch_objects(
+    model: type[models.Model], names: Sequence[str], sql: str, params: Sequence = ()
+) -> list[models.Model]:
+    """Instances of ``model`` from a hand-written SELECT, other fields deferred.
+
+    ``sql`` selects ``select_list(model, names, ...)`` (the fields in the model's
+    order); values go through the same converters as the ORM's, so that SQLite's
+    dates and decimals and JSON on both databases come out as a queryset's would.
+    """
+    return [row[0] for row in fetch_joined([(model, names)], sql, params)]
+
+
+def fetch_joined(
+    parts: Sequence[tuple[type[models.Model], Sequence[str]]], sql: str, params: Sequence = ()
+) -> list[tuple[models.Model | None, ...]]:
+    """``fetch_objects`` for a join: each row is the ``select_list`` of each (model,
+    names) in turn and becomes a tuple of instances; a part whose id is NULL (an
+    outer join without a match) is None."""
+    plans = [_select_plan(model, tuple(names), connection.vendor) for model, names in parts]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    alias = connection.alias
+    result = []
+    for row in rows:
+        start, objects = 0, []
+        for (model, _names), (fields, attnames, converters) in zip(parts, plans, strict=True):
+            values = list(row[start : start + len(fields)])
+            start += len(fields)
+            if values[0] is None and fields[0].primary_key:
+                objects.append(None)
+                continue
+            for index, col, functions in converters:
+                for convert in functions:
+                    values[index] = convert(values[index], col, connection)
+            objects.append(model.from_db(alias, attnames, values))
+        result.append(tuple(objects))
+    return result
+
+
+def placeholders(count: int) -> str:
+    """``%s, %s, ...``: the parameters of an ``IN (...)`` list."""
+    return ", ".join(["%s"] * count)

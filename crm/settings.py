@@ -126,7 +126,8 @@ SILENCED_SYSTEM_CHECKS = ["models.W040"]
 
 if REDIS_URL:
     CACHES = {
-        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+        # Django's RedisCache with one Redis client per pool, not one per call.
+        "default": {"BACKEND": "crm.cache.RedisCache", "LOCATION": REDIS_URL}
     }
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}

@@ -56,6 +56,7 @@ from deals.serializers import (
     NoteOutput,
     TaskInput,
     TaskOutput,
+    lead_values,
 )
 from funnels.models import Funnel, Stage
 
@@ -184,20 +185,23 @@ class LeadIntakeApi(ApiView):
                 client=client,
                 leads=leads,
                 idempotency_key=idempotency_key,
-                fingerprint=_fingerprint(data),
+                fingerprint=_fingerprint(data) if idempotency_key else "",
             )
             counts = {"created": 0, "attached": 0, "rejected": 0}
             for item in result.results:
                 counts[item["status"]] += 1
             body = {"results": result.results, **counts}
         else:
-            serializer = LeadInput(data=data)
-            serializer.is_valid(raise_exception=True)
+            values = lead_values(data)
+            if values is None:  # not plain, or an error: LeadInput says which
+                serializer = LeadInput(data=data)
+                serializer.is_valid(raise_exception=True)
+                values = serializer.validated_data
             result = lead_intake(
                 client=client,
-                leads=[_lead_data(serializer.validated_data, data)],
+                leads=[_lead_data(values, data)],
                 idempotency_key=idempotency_key,
-                fingerprint=_fingerprint(data),
+                fingerprint=_fingerprint(data) if idempotency_key else "",
                 raise_on_reject=True,
             )
             body = result.results[0]
@@ -211,6 +215,9 @@ class LeadIntakeApi(ApiView):
             return InvalidInput(
                 _("A lead is an object."), fields={"non_field_errors": _("Expected an object.")}
             )
+        values = lead_values(item)
+        if values is not None:
+            return _lead_data(values, item)
         try:
             values = checker.run_validation(item)  # what is_valid() runs, without a new instance
         except ValidationError as error:

@@ -6,10 +6,10 @@ becomes of them. ``lead_intake`` runs one request (one lead or a batch) in one
 transaction:
 
 1. With an ``Idempotency-Key`` it first inserts the request's
-   ``IntakeIdempotencyRecord``. A concurrent request with the same key blocks
-   on the unique constraint until the first commits, then fails with an
-   ``IntegrityError`` and returns the stored result: a retry never makes a
-   second deal, even when both arrive at the same moment.
+   ``IntakeIdempotencyRecord`` (``ON CONFLICT DO NOTHING``). A concurrent
+   request with the same key blocks on the unique constraint until the first
+   commits, then inserts nothing and returns the stored result: a retry never
+   makes a second deal, even when both arrive at the same moment.
 2. On PostgreSQL it takes advisory locks on the leads' external ids, phones
    and emails, all at once in a fixed order: two requests carrying the same
    lead or the same client run one after the other, and any others in
@@ -35,13 +35,20 @@ import zlib
 from collections.abc import Sequence
 from decimal import Decimal
 
-from django.db import IntegrityError, connection, transaction
-from django.db.models import Value
+from django.db import connection, transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from accounts.models import ApiKey, Role, User
-from crm.db import insert_objects
+from crm.db import (
+    fetch_objects,
+    insert_rows,
+    placeholders,
+    select_list,
+    update_rows,
+    write_later,
+    writes_together,
+)
 from crm.errors import DomainError, Forbidden, InvalidInput
 from deals.models import (
     Deal,
@@ -54,6 +61,8 @@ from deals.models import (
 from deals.services import (
     ContactBook,
     DealOpener,
+    FunnelLayout,
+    funnel_layout,
     normalize_email,
     normalize_phone,
     notes_add_system,
@@ -207,8 +216,12 @@ def lead_intake(
     results = _take_leads(client, leads, raise_on_reject=raise_on_reject)
     if record is not None:
         record.result = {"results": results}
-        record.save(update_fields=["result"])
+        update_rows(IntakeIdempotencyRecord, ["result"], [(record.result, record.pk)])
     return IntakeResult(results=results)
+
+
+_RECORD_TABLE = IntakeIdempotencyRecord._meta.db_table
+_RECORD_COLUMNS = tuple(field.name for field in IntakeIdempotencyRecord._meta.concrete_fields)
 
 
 def _claim_idempotency_key(
@@ -216,17 +229,35 @@ def _claim_idempotency_key(
 ) -> IntakeIdempotencyRecord:
     """Insert the key's record, or return the stored one (its ``result`` is then set).
 
-    The insert runs in a savepoint: if another transaction holds the same key,
-    PostgreSQL makes this insert wait for it; once it commits the insert fails
-    and the committed record is read instead (READ COMMITTED sees it).
+    If another transaction holds the same key, the insert waits for it (the
+    unique constraint); once it commits the insert does nothing and the
+    committed record is read instead (READ COMMITTED sees it).
     """
-    try:
-        with transaction.atomic():
-            return IntakeIdempotencyRecord.objects.create(
-                client=client.label, key=key, fingerprint=fingerprint
-            )
-    except IntegrityError:
-        record = IntakeIdempotencyRecord.objects.get(client=client.label, key=key)
+    record = IntakeIdempotencyRecord(client=client.label, key=key, fingerprint=fingerprint)
+    created_at = IntakeIdempotencyRecord._meta.get_field("created_at")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {_RECORD_TABLE} (client, {connection.ops.quote_name('key')}, "
+            "fingerprint, created_at) VALUES (%s, %s, %s, %s) "
+            f"ON CONFLICT (client, {connection.ops.quote_name('key')}) DO NOTHING RETURNING id",
+            [
+                client.label,
+                key,
+                fingerprint,
+                created_at.get_db_prep_value(record.created_at, connection),
+            ],
+        )
+        row = cursor.fetchone()
+    if row is not None:
+        record.pk = row[0]
+        return record
+    (record,) = fetch_objects(
+        IntakeIdempotencyRecord,
+        _RECORD_COLUMNS,
+        f"SELECT {select_list(IntakeIdempotencyRecord, _RECORD_COLUMNS, 'r')} "
+        f"FROM {_RECORD_TABLE} r WHERE r.client = %s AND r.{connection.ops.quote_name('key')} = %s",
+        [client.label, key],
+    )
     if record.fingerprint != fingerprint:
         raise IdempotencyKeyReused(
             _(
@@ -241,7 +272,7 @@ def _claim_idempotency_key(
 def _take_leads(
     client: IntakeClient, leads: Sequence[LeadData | InvalidInput], *, raise_on_reject: bool
 ) -> list[dict]:
-    funnels: dict[int, Funnel | DomainError] = {}
+    funnels: dict[int, FunnelLayout | DomainError] = {}
     outcomes: dict[int, dict | DomainError] = {}
     by_funnel: dict[int, list[int]] = {}
     for index, lead in enumerate(leads):
@@ -286,7 +317,7 @@ def _raise_first_rejected(outcomes: dict[int, dict | DomainError]) -> None:
 
 
 def _target_funnel(
-    client: IntakeClient, lead: LeadData, cache: dict[int, Funnel | DomainError]
+    client: IntakeClient, lead: LeadData, cache: dict[int, FunnelLayout | DomainError]
 ) -> Funnel:
     """The lead's funnel, if the client may post into it. ``cache`` keeps each funnel's
     answer for the request: one read of a funnel for a batch of its leads."""
@@ -309,11 +340,19 @@ def _target_funnel(
     answer = cache[funnel_id]
     if isinstance(answer, DomainError):
         raise answer
-    return answer
+    return answer.funnel
 
 
-def _open_funnel(client: IntakeClient, funnel_id: int) -> Funnel:
-    funnel = Funnel.objects.filter(pk=funnel_id).first()
+_MEMBERS_TABLE = Funnel.members.through._meta.db_table
+_USER_COLUMNS = tuple(field.name for field in User._meta.concrete_fields)
+
+
+def _open_funnel(client: IntakeClient, funnel_id: int) -> FunnelLayout:
+    # Hand-written SELECTs here and below: each runs for every request, and building a
+    # queryset's SQL would cost more CPU than PostgreSQL spends running it. The funnel
+    # comes with its stages and templates, for its DealOpener.
+    layout = funnel_layout(funnel_id)
+    funnel = layout.funnel if layout else None
     if funnel is None:
         raise InvalidInput(
             _("Funnel %(id)s does not exist.") % {"id": funnel_id},
@@ -325,16 +364,21 @@ def _open_funnel(client: IntakeClient, funnel_id: int) -> Funnel:
             fields={"funnel": _("Choose an active funnel.")},
         )
     user = client.user
-    if (
-        user is not None
-        and not (user.is_admin_role or user.is_head)
-        and not funnel.members.filter(pk=user.pk).exists()
-    ):
+    if user is not None and not (user.is_admin_role or user.is_head) and not _works(user, funnel):
         raise Forbidden(
             _("You do not work the funnel “%(name)s”.") % {"name": funnel.name},
             fields={"funnel": _("Choose one of your funnels.")},
         )
-    return funnel
+    return layout
+
+
+def _works(user: User, funnel: Funnel) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT 1 FROM {_MEMBERS_TABLE} WHERE funnel_id = %s AND user_id = %s",
+            [funnel.pk, user.pk],
+        )
+        return cursor.fetchone() is not None
 
 
 def _contact_keys(lead: LeadData) -> list[str]:
@@ -373,16 +417,17 @@ class _FunnelBatch:
     """One request's leads for one funnel (steps 3 and 4 of the module's docstring),
     in the same number of statements for one lead or a thousand."""
 
-    def __init__(self, client: IntakeClient, funnel: Funnel, leads: dict[int, LeadData]):
+    def __init__(self, client: IntakeClient, layout: FunnelLayout, leads: dict[int, LeadData]):
         self.client = client
-        self.funnel = funnel
+        self.layout = layout
+        self.funnel = layout.funnel
         self.leads = leads
         self.at = timezone.now()
 
     def take(self, *, raise_on_reject: bool) -> dict[int, dict | DomainError]:
         client, funnel = self.client, self.funnel
         try:
-            opener = DealOpener(funnel, at=self.at)
+            opener = DealOpener(funnel, at=self.at, layout=self.layout)
         except DomainError as error:  # a funnel without stages takes no lead
             if raise_on_reject:
                 raise lead_error(error) from None
@@ -431,23 +476,26 @@ class _FunnelBatch:
             if ext:
                 known[ext] = outcomes[index][:2]
 
-        self._assign_turns([deal for deal, lead in new if lead.owner_id is None])
-        opener.save([deal for deal, _lead in new])
-        notes_add_system(notes=notes, at=self.at)
-        insert_objects(
-            [
-                LeadReceipt(
-                    funnel_id=funnel.pk,
-                    deal=deal,
-                    outcome=outcome,
-                    external_id=lead.external_id or None,
-                    client=client.label,
-                    payload=lead.payload,
-                    received_at=self.at,
-                )
-                for lead, deal, outcome in receipts
-            ]
-        )
+        with writes_together():  # the turn, the deals' rows, notes, receipts: one round trip
+            self._assign_turns([deal for deal, lead in new if lead.owner_id is None])
+            opener.save([deal for deal, _lead in new])
+            notes_add_system(notes=notes, at=self.at)
+            insert_rows(
+                LeadReceipt,
+                ["funnel", "deal", "outcome", "external_id", "client", "payload", "received_at"],
+                [
+                    (
+                        funnel.pk,
+                        deal.pk,
+                        outcome,
+                        lead.external_id or None,
+                        client.label,
+                        lead.payload,
+                        self.at,
+                    )
+                    for lead, deal, outcome in receipts
+                ],
+            )
         return {
             index: outcome
             if isinstance(outcome, DomainError)
@@ -458,21 +506,25 @@ class _FunnelBatch:
     def _known_external_ids(self) -> dict[str, tuple[str, Deal]]:
         """The first outcome of each external id already taken in the funnel: its lead
         receipt, or a deal opened by another door (the importer, the deals API)."""
-        ids = {lead.external_id for lead in self.leads.values() if lead.external_id}
+        ids = sorted({lead.external_id for lead in self.leads.values() if lead.external_id})
         if not ids:
             return {}
-        receipts = LeadReceipt.objects.filter(funnel=self.funnel, external_id__in=ids).order_by()
-        receipts = receipts.values_list(
-            "external_id", "outcome", "deal_id", "deal__owner_id", Value(0)
-        )
-        deals = Deal.objects.filter(funnel=self.funnel, external_id__in=ids).order_by()
-        deals = deals.values_list(
-            "external_id", Value(str(LeadOutcome.CREATED)), "pk", "owner_id", Value(1)
-        )
+        marks = placeholders(len(ids))
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT r.external_id, r.outcome, r.deal_id, d.owner_id, 0 AS door "
+                f"FROM {LeadReceipt._meta.db_table} r "
+                f"LEFT JOIN {Deal._meta.db_table} d ON d.id = r.deal_id "
+                f"WHERE r.funnel_id = %s AND r.external_id IN ({marks}) "
+                "UNION ALL "
+                "SELECT d.external_id, %s, d.id, d.owner_id, 1 AS door "
+                f"FROM {Deal._meta.db_table} d "
+                f"WHERE d.funnel_id = %s AND d.external_id IN ({marks})",
+                [self.funnel.pk, *ids, str(LeadOutcome.CREATED), self.funnel.pk, *ids],
+            )
+            rows = cursor.fetchall()
         known: dict[str, tuple[str, Deal]] = {}
-        for external_id, outcome, deal_id, owner_id, _door in sorted(
-            receipts.union(deals, all=True), key=lambda row: row[4]
-        ):
+        for external_id, outcome, deal_id, owner_id, _door in sorted(rows, key=lambda row: row[4]):
             known.setdefault(external_id, (outcome, Deal(pk=deal_id, owner_id=owner_id)))
         return known
 
@@ -494,11 +546,17 @@ class _FunnelBatch:
             for contact in clients
         }
         open_deals: dict[str, Deal] = {}
-        for deal in Deal.objects.filter(
-            funnel=self.funnel,
-            status__in=(DealStatus.OPEN, DealStatus.POSTPONED),
-            contact_id__in=list(keys_of),
-        ).order_by("-created_at", "-pk"):
+        contact_ids = sorted(keys_of)
+        found = fetch_objects(
+            Deal,
+            _OPEN_DEAL_COLUMNS,
+            f"SELECT {select_list(Deal, _OPEN_DEAL_COLUMNS, 'd')} FROM {Deal._meta.db_table} d "
+            f"WHERE d.funnel_id = %s AND d.status IN (%s, %s) "
+            f"AND d.contact_id IN ({placeholders(len(contact_ids))}) "
+            "ORDER BY d.created_at DESC, d.id DESC",
+            [self.funnel.pk, DealStatus.OPEN, DealStatus.POSTPONED, *contact_ids],
+        )
+        for deal in found:
             for key in keys_of[deal.contact_id]:
                 open_deals.setdefault(key, deal)
         return open_deals
@@ -524,10 +582,14 @@ class _FunnelBatch:
         if not deals:
             return
         state = _lock_intake_state(self.funnel.pk)
-        rotation = list(
-            self.funnel.members.filter(is_active=True, role=Role.MANAGER, is_away=False).order_by(
-                "pk"
-            )
+        rotation = fetch_objects(
+            User,
+            _USER_COLUMNS,
+            f"SELECT {select_list(User, _USER_COLUMNS, 'u')} FROM {User._meta.db_table} u "
+            f"JOIN {_MEMBERS_TABLE} m ON m.user_id = u.id "
+            "WHERE m.funnel_id = %s AND u.is_active AND u.role = %s AND NOT u.is_away "
+            "ORDER BY u.id",
+            [self.funnel.pk, Role.MANAGER],
         )
         if not rotation:
             return
@@ -536,8 +598,15 @@ class _FunnelBatch:
             owner = next((user for user in rotation if user.pk > last), rotation[0])
             deal.owner = owner
             last = owner.pk
-        state.last_assigned_id = last
-        state.save(update_fields=["last_assigned"])
+        write_later(
+            f"UPDATE {FunnelIntakeState._meta.db_table} SET last_assigned_id = %s "
+            "WHERE funnel_id = %s",
+            [last, self.funnel.pk],
+        )
+
+
+# What the duplicate check needs of an open deal: its id, owner and age.
+_OPEN_DEAL_COLUMNS = ("id", "owner", "contact", "created_at")
 
 
 def _newest(deals: list[Deal]) -> Deal | None:

@@ -10,19 +10,28 @@ permission check but never the funnel's rules. ``at`` lets the importer and
 the demo write history in the past; it defaults to now.
 """
 
+import dataclasses
 import datetime
 import re
 from collections.abc import Iterable
 from decimal import Decimal, InvalidOperation
 
-from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from accounts.models import User
 from analytics import facts
-from crm.db import insert_objects, insert_objects_with_ids
+from crm.db import (
+    fetch_joined,
+    fetch_objects,
+    insert_objects_with_ids,
+    insert_rows,
+    placeholders,
+    select_list,
+    update_rows,
+    writes_together,
+)
 from crm.errors import Conflict, Forbidden, InvalidInput, NotFound
 from deals.models import (
     Contact,
@@ -93,6 +102,9 @@ def _contact_check(*, phone: str = "", email: str = "", errors: dict | None = No
         )
 
 
+_CONTACT_COLUMNS = tuple(field.name for field in Contact._meta.concrete_fields)
+
+
 class ContactBook:
     """Clients found by normalised phone or email: the matching rule of every new deal.
 
@@ -121,10 +133,18 @@ class ContactBook:
         self._looked_up |= {("phone", p) for p in phones} | {("email", e) for e in emails}
         if not (phones or emails):
             return []
-        found = list(
-            Contact.objects.filter(
-                Q(phone_normalized__in=phones) | Q(email_normalized__in=emails)
-            ).order_by("id")
+        # Hand-written: this runs for every lead the API takes.
+        conditions, params = [], []
+        for column, values in (("phone_normalized", phones), ("email_normalized", emails)):
+            if values:
+                conditions.append(f"c.{column} IN ({placeholders(len(values))})")
+                params += sorted(values)
+        found = fetch_objects(
+            Contact,
+            _CONTACT_COLUMNS,
+            f"SELECT {select_list(Contact, _CONTACT_COLUMNS, 'c')} FROM {Contact._meta.db_table} c "
+            f"WHERE {' OR '.join(conditions)} ORDER BY c.id",
+            params,
         )
         for contact in found:
             self._remember(contact)
@@ -189,13 +209,15 @@ class ContactBook:
         """Write the new clients and the filled-in ones (only those in ``used``, if given)."""
         keep = None if used is None else {id(contact) for contact in used}
         insert_objects_with_ids([c for c in self._new if keep is None or id(c) in keep])
-        for contact in self._filled.values():
-            if keep is None or id(contact) in keep:
-                contact.save(
-                    update_fields=[
-                        "phone", "email", "company", "phone_normalized", "email_normalized"
-                    ]
-                )  # fmt: skip
+        update_rows(
+            Contact,
+            ["phone", "email", "company", "phone_normalized", "email_normalized"],
+            [
+                (c.phone, c.email, c.company, c.phone_normalized, c.email_normalized, c.pk)
+                for c in self._filled.values()
+                if keep is None or id(c) in keep
+            ],
+        )
         self._new, self._filled = [], {}
 
 
@@ -444,18 +466,22 @@ def _create_stage_tasks(
 ) -> None:
     """The tasks a stage's templates give each deal entering it, for its owner."""
     templates = list(templates)
-    insert_objects(
+    insert_rows(  # rows, not Task instances: a batch of leads makes hundreds
+        Task,
+        ["deal", "assignee", "title", "due_at", "done_at", "created_at", "created_by"],
         [
-            Task(
-                deal=deal,
-                assignee=deal.owner,
-                title=template.title,
-                due_at=at + datetime.timedelta(minutes=template.due_in_minutes),
-                created_at=at,
+            (
+                deal.pk,
+                deal.owner_id,
+                template.title,
+                at + datetime.timedelta(minutes=template.due_in_minutes),
+                None,
+                at,
+                None,
             )
             for deal in deals
             for template in templates
-        ]
+        ],
     )
 
 
@@ -493,6 +519,51 @@ def _set_status(
 
 # ---------------------------------------------------------------- deals
 
+# Every new deal reads its funnel's stages and their task templates: one hand-written
+# SELECT, the same rows as ``funnel.stages.order_by("position")`` and each
+# ``stage.task_templates.all()`` (with the funnel's row, for the lead intake).
+_STAGE_COLUMNS = tuple(field.name for field in Stage._meta.concrete_fields)
+_TEMPLATE_COLUMNS = tuple(field.name for field in TaskTemplate._meta.concrete_fields)
+
+
+_FUNNEL_COLUMNS = tuple(field.name for field in Funnel._meta.concrete_fields)
+
+
+@dataclasses.dataclass
+class FunnelLayout:
+    """A funnel with its stages (by position) and each stage's task templates (by id)."""
+
+    funnel: Funnel
+    stages: list[Stage]
+    templates: dict[int, list[TaskTemplate]]
+
+
+def funnel_layout(funnel_id: int) -> FunnelLayout | None:
+    """The funnel with its stages and templates, in one query; None if there is none."""
+    rows = fetch_joined(
+        [(Funnel, _FUNNEL_COLUMNS), (Stage, _STAGE_COLUMNS), (TaskTemplate, _TEMPLATE_COLUMNS)],
+        f"SELECT {select_list(Funnel, _FUNNEL_COLUMNS, 'f')}, "
+        f"{select_list(Stage, _STAGE_COLUMNS, 's')}, "
+        f"{select_list(TaskTemplate, _TEMPLATE_COLUMNS, 't')} "
+        f"FROM {Funnel._meta.db_table} f "
+        f"LEFT JOIN {Stage._meta.db_table} s ON s.funnel_id = f.id "
+        f"LEFT JOIN {TaskTemplate._meta.db_table} t ON t.stage_id = s.id "
+        "WHERE f.id = %s ORDER BY s.position, t.id",
+        [funnel_id],
+    )
+    if not rows:
+        return None
+    stages: dict[int, Stage] = {}
+    templates: dict[int, list[TaskTemplate]] = {}
+    for _funnel, stage, template in rows:
+        if stage is None:  # a funnel without stages
+            continue
+        stage = stages.setdefault(stage.pk, stage)
+        templates.setdefault(stage.pk, [])
+        if template is not None:
+            templates[stage.pk].append(template)
+    return FunnelLayout(funnel=rows[0][0], stages=list(stages.values()), templates=templates)
+
 
 class DealOpener:
     """Opens deals in one funnel at one stage: the rules of a new deal, the writes in bulk.
@@ -511,13 +582,16 @@ class DealOpener:
         stage: Stage | None = None,
         at: datetime.datetime | None = None,
         contacts: ContactBook | None = None,
+        layout: FunnelLayout | None = None,
     ) -> None:
+        """``layout``: the funnel's stages and templates, when the caller read them."""
         self.funnel = funnel
         self.at = at or timezone.now()
         self.contacts = contacts if contacts is not None else ContactBook()
         if not funnel.is_active:
             raise InvalidInput(_("The funnel “%(name)s” is archived.") % {"name": funnel.name})
-        stages = list(funnel.stages.order_by("position"))
+        layout = layout or funnel_layout(funnel.pk)
+        stages, self._templates = layout.stages, layout.templates
         if not stages:
             raise InvalidInput(_("The funnel has no stages yet."))
         if stage is None:
@@ -536,7 +610,12 @@ class DealOpener:
     def member_ids(self) -> frozenset[int]:
         """The funnel's members, read once for all the deals this opener prepares."""
         if self._members is None:
-            self._members = frozenset(self.funnel.members.values_list("pk", flat=True))
+            through = Funnel.members.through._meta.db_table
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    f"SELECT user_id FROM {through} WHERE funnel_id = %s", [self.funnel.pk]
+                )
+                self._members = frozenset(row[0] for row in cursor.fetchall())
         return self._members
 
     def prepare(
@@ -582,33 +661,33 @@ class DealOpener:
         """
         if not deals:
             return deals
-        known_clients = {deal.contact.pk for deal in deals if deal.contact and deal.contact.pk}
-        self.contacts.save(used=[deal.contact for deal in deals if deal.contact is not None])
-        repeat = facts.repeat_clients(known_clients)  # a new client has no sale yet
-        for deal in deals:
-            deal.is_repeat_client = deal.contact is not None and deal.contact.pk in repeat
-        try:
-            insert_objects_with_ids(deals)
-        except IntegrityError as error:
-            # The caller's transaction (or savepoint) is rolled back with this error.
-            taken = sorted({deal.external_id for deal in deals if deal.external_id})
-            if taken and "external_id" in str(error):
-                raise Conflict(
-                    _("The funnel already has a deal with the external id “%(id)s”.")
-                    % {"id": ", ".join(taken)},
-                    fields={"external_id": _("Use another id, or update the existing deal.")},
-                ) from None
-            raise
-        at = self.at
-        insert_objects(
-            [
-                StageChange(deal=deal, from_stage=None, to_stage=self.stage, at=at, actor=actor)
-                for deal in deals
-            ]
-        )
-        facts.record_created(deals, at)
-        _create_stage_tasks(deals, self.stage.task_templates.all(), at)
-        webhooks_dispatch_many(deals=deals, event=WebhookEvent.CREATED)
+        with writes_together():  # one round trip for the rows below on PostgreSQL
+            known_clients = {deal.contact.pk for deal in deals if deal.contact and deal.contact.pk}
+            self.contacts.save(used=[deal.contact for deal in deals if deal.contact is not None])
+            repeat = facts.repeat_clients(known_clients)  # a new client has no sale yet
+            for deal in deals:
+                deal.is_repeat_client = deal.contact is not None and deal.contact.pk in repeat
+            try:
+                insert_objects_with_ids(deals)
+            except IntegrityError as error:
+                # The caller's transaction (or savepoint) is rolled back with this error.
+                taken = sorted({deal.external_id for deal in deals if deal.external_id})
+                if taken and "external_id" in str(error):
+                    raise Conflict(
+                        _("The funnel already has a deal with the external id “%(id)s”.")
+                        % {"id": ", ".join(taken)},
+                        fields={"external_id": _("Use another id, or update the existing deal.")},
+                    ) from None
+                raise
+            at = self.at
+            insert_rows(
+                StageChange,
+                ["deal", "from_stage", "to_stage", "at", "actor"],
+                [(deal.pk, None, self.stage.pk, at, actor.pk if actor else None) for deal in deals],
+            )
+            facts.record_created(deals, at)
+            _create_stage_tasks(deals, self._templates.get(self.stage.pk, []), at)
+            webhooks_dispatch_many(deals=deals, event=WebhookEvent.CREATED)
         return deals
 
 
@@ -978,6 +1057,8 @@ def notes_add_system(*, notes: list[tuple[Deal, str]], at: datetime.datetime) ->
     """Notes written by the system (lead intake), in one statement. The system is no
     response to the client, so no first-response time is recorded (as ``note_add``
     with ``actor=None``)."""
-    insert_objects(
-        [Note(deal=deal, author=None, text=text.strip(), created_at=at) for deal, text in notes]
+    insert_rows(
+        Note,
+        ["deal", "author", "text", "created_at"],
+        [(deal.pk, None, text.strip(), at) for deal, text in notes],
     )

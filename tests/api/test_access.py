@@ -1,15 +1,18 @@
 """API keys and personal tokens: authentication, scopes, revocation, throttling."""
 
 import io
+from datetime import timedelta
 
 import pytest
 from django.core.management import call_command
+from django.db import connection
 from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework.test import APIClient
 
 from accounts.models import ApiKey, ApiScope
-from accounts.services import api_key_hash, api_key_revoke
+from accounts.services import api_key_changed, api_key_hash, api_key_revoke
 from deals.models import Deal
 
 pytestmark = pytest.mark.django_db
@@ -67,14 +70,63 @@ def test_without_a_valid_key_the_answer_is_401(header, detail, db):
     assert response.headers["WWW-Authenticate"] == 'Bearer realm="api"'
 
 
-def test_a_revoked_key_is_refused(leads_client):
+@pytest.mark.parametrize("used_before", [False, True])
+def test_a_revoked_key_is_refused(leads_client, used_before):
+    # A key used before is in the cache: the revocation drops it there too.
+    if used_before:
+        assert leads_client.post("/api/v1/leads/", LEAD, format="json").status_code == 201
     api_key_revoke(api_key=leads_client.api_key)
+
     response = leads_client.post("/api/v1/leads/", LEAD, format="json")
+
     assert (response.status_code, response.json()["detail"]) == (
         401,
         "The API key has been revoked.",
     )
-    assert Deal.objects.count() == 0
+    assert Deal.objects.count() == (1 if used_before else 0)
+
+
+def test_a_changed_key_is_read_again(leads_client):
+    assert leads_client.post("/api/v1/leads/", LEAD, format="json").status_code == 201
+    ApiKey.objects.filter(pk=leads_client.api_key.pk).update(scopes=[ApiScope.DEALS_READ])
+    api_key_changed(api_key=leads_client.api_key)
+
+    assert leads_client.post("/api/v1/leads/", LEAD, format="json").status_code == 403
+    assert Deal.objects.count() == 1
+
+
+def _key_statements(queries) -> list[str]:
+    return [q["sql"].split()[0] for q in queries if "accounts_apikey" in q["sql"]]
+
+
+def test_an_integration_key_is_read_from_the_database_once_then_from_the_cache(leads_client):
+    with CaptureQueriesContext(connection) as first:
+        leads_client.post("/api/v1/leads/", LEAD, format="json")
+    with CaptureQueriesContext(connection) as second:
+        leads_client.post("/api/v1/leads/", LEAD, format="json")
+
+    assert _key_statements(first.captured_queries) == ["SELECT", "UPDATE"]  # read, last use
+    assert _key_statements(second.captured_queries) == []
+
+
+def test_a_personal_token_is_read_from_the_database_every_time(make_client, manager, funnel):
+    client = make_client(user=manager, funnel=funnel)
+    client.post("/api/v1/leads/", LEAD, format="json")
+    with CaptureQueriesContext(connection) as second:
+        client.post("/api/v1/leads/", LEAD, format="json")
+
+    assert _key_statements(second.captured_queries) == ["SELECT"]
+
+
+def test_use_is_written_at_most_once_a_minute(leads_client, monkeypatch):
+    start = timezone.now()
+    for seconds in (0, 30, 59, 61, 90):
+        monkeypatch.setattr(timezone, "now", lambda s=seconds: start + timedelta(seconds=s))
+        assert leads_client.post("/api/v1/leads/", LEAD, format="json").status_code == 201
+        leads_client.api_key.refresh_from_db()
+        assert leads_client.api_key.last_used_at == start + timedelta(
+            seconds=0 if seconds < 61 else 61
+        )
 
 
 def test_use_is_recorded(leads_client):

@@ -409,6 +409,70 @@ def test_two_leads_of_one_client_in_a_batch_make_one_deal_and_a_note(client):
     assert Deal.objects.values("contact").distinct().count() == 2
 
 
+def test_every_deal_of_a_large_batch_keeps_its_new_client(client):
+    # From ten deals on, PostgreSQL writes them with COPY: each must still name its client.
+    take(client, *(lead(n, contact_email=f"c{n}@example.com") for n in range(12)))
+
+    rows = list(
+        Deal.objects.order_by("pk").values_list("contact__phone_normalized", "contact__email")
+    )
+    assert rows == [(f"79000000{n:03d}", f"c{n}@example.com") for n in range(12)]
+
+
+def test_awkward_text_is_stored_as_sent(client):
+    # On PostgreSQL a lead's rows go in as arrays (writes_together): quoting must hold.
+    text = 'He said "call me", {later}, \\back\\slash, it\'s NULL; ёлка'
+    payload = {"comment": text, "nested": {"list": [1, "a,b", None]}}
+    take(client, lead(1, comment=text, utm={"campaign": text}, payload=payload))
+
+    assert Note.objects.get().text == (
+        f"Request received (key:1).\nComment: {text}\nUTM: campaign={text}"
+    )
+    assert LeadReceipt.objects.get().payload == payload
+
+
+def test_a_single_lead_takes_ten_statements_on_postgresql(client):
+    take(client, lead(0))  # the intake row and the funnel's first lead exist
+
+    with CaptureQueriesContext(connection) as queries:
+        take(client, lead(1, external_id="x-1"))
+
+    # The funnel with its stages and templates, [the advisory locks], the known external
+    # ids, the clients, the intake row (locked), the rotation, the client, the deal, the
+    # webhook subscriptions, then every other write: on PostgreSQL in one round trip
+    # (the turn, history, summaries, receipt), on SQLite one statement each.
+    statements = [query["sql"] for query in queries.captured_queries[1:-1]]  # savepoint
+    if connection.vendor == "postgresql":
+        assert len(statements) == 10
+        assert statements[-1].startswith("UPDATE deals_funnelintakestate")
+        assert statements[-1].count("INSERT INTO") == 4
+    else:
+        assert len(statements) == 13
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="writes_together is PostgreSQL's")
+def test_with_server_side_binding_the_writes_go_one_by_one(client, monkeypatch):
+    options = {**connection.settings_dict.get("OPTIONS", {}), "server_side_binding": True}
+    monkeypatch.setitem(connection.settings_dict, "OPTIONS", options)
+
+    with CaptureQueriesContext(connection) as queries:
+        take(client, lead(1, comment="Call me"))
+
+    writes = [
+        q["sql"].split(" (")[0]
+        for q in queries.captured_queries
+        if q["sql"].startswith("INSERT") and "unnest(" in q["sql"]
+    ]
+    assert writes == [
+        'INSERT INTO "deals_stagechange"',
+        'INSERT INTO "analytics_stagereach"',
+        'INSERT INTO "analytics_stagetime"',
+        'INSERT INTO "deals_note"',
+        'INSERT INTO "deals_leadreceipt"',
+    ]
+    assert (Deal.objects.count(), StageChange.objects.count(), Note.objects.count()) == (1, 1, 1)
+
+
 def test_a_batch_takes_the_same_number_of_queries_whatever_its_size(client):
     take(client, lead(0))  # the intake row and the funnel's first lead exist
 
