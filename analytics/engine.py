@@ -34,6 +34,7 @@ from django.db.models import (
     CharField,
     Count,
     F,
+    Max,
     OuterRef,
     Q,
     QuerySet,
@@ -589,12 +590,32 @@ def _funnel_report(query: FunnelQuery, run: Callable) -> FunnelReport:
         """
         reaches = StageReach.objects.filter(funnel_id=funnel.pk)
         early = Q(reached_at__lt=F("entered_at"))  # before the deal entered: anomalies
+        # No deal took longer than this from its entry to a reach (the lag index's
+        # last entry): a reach that crosses an edge lies within it of that edge, so
+        # only that much of either index is read, not the whole period's.
+        longest = reaches.aggregate(lag=Max(F("reached_at") - F("entered_at")))["lag"]
+        if longest is None:
+            return {}
         return reaches_by_group(
             [
                 # Reached in the period by a deal that entered before it.
-                (1, reaches.filter(period.q("reached_at"), entered_at__lt=period.start)),
+                (
+                    1,
+                    reaches.filter(
+                        period.q("reached_at"),
+                        entered_at__lt=period.start,
+                        entered_at__gte=period.start - longest,
+                    ),
+                ),
                 # Reached after the period by a deal that entered in it.
-                (-1, reaches.filter(period.q("entered_at"), reached_at__gte=period.end)),
+                (
+                    -1,
+                    reaches.filter(
+                        period.q("entered_at"),
+                        reached_at__gte=period.end,
+                        reached_at__lt=period.end + longest,
+                    ),
+                ),
                 # Reached in the period by a deal that entered after it, and reached
                 # before the period by a deal that entered in it.
                 (1, reaches.filter(early, period.q("reached_at"), entered_at__gte=period.end)),
