@@ -1,10 +1,12 @@
 """Lead intake (deals/intake.py): one deal per lead, duplicates attached, fair round-robin,
 retries answered with the original result."""
 
+import importlib
 from collections import Counter
 from decimal import Decimal
 
 import pytest
+from django.apps import apps as django_apps
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
@@ -471,6 +473,29 @@ def test_with_server_side_binding_the_writes_go_one_by_one(client, monkeypatch):
         'INSERT INTO "deals_leadreceipt"',
     ]
     assert (Deal.objects.count(), StageChange.objects.count(), Note.objects.count()) == (1, 1, 1)
+
+
+def test_the_upgrade_gives_back_their_client_to_deals_written_without_one(client):
+    """deals/migrations/0009: the deals an earlier version wrote with no client (a
+    batch of ten or more on PostgreSQL) get it back from their receipts."""
+    relink = importlib.import_module("deals.migrations.0009_relink_batch_lead_clients")
+    phone_only = lead(1, payload={"contact": {"phone": "8 (900) 000-00-01"}})
+    email_only = lead(
+        2,
+        contact_phone="",
+        contact_email="b@example.com",
+        payload={"contact": {"email": " B@Example.com"}},
+    )
+    name_only = lead(3, contact_phone="", payload={"contact": {"name": "Client 3"}})
+    take(client, phone_only, email_only, name_only)
+    linked = dict(Deal.objects.values_list("pk", "contact"))
+    Deal.objects.update(contact=None)  # as the earlier version wrote them
+
+    relink.relink_clients(django_apps, None)
+
+    restored = dict(Deal.objects.values_list("pk", "contact"))
+    first, second, third = sorted(linked)
+    assert restored == {first: linked[first], second: linked[second], third: None}
 
 
 def test_a_batch_takes_the_same_number_of_queries_whatever_its_size(client):
