@@ -479,6 +479,19 @@ def test_per_manager_figures_follow_the_deal_to_its_new_owner(four):
     )
 
 
+def won_after(stages, hours: int, *, length: int, **values) -> DealPlan:
+    """A deal that spent ``hours`` in S1, then moved to S2, and was won ``length``
+    hours after it entered."""
+    return DealPlan(
+        title="lead",
+        created_at=START,
+        path=[(stages["S1"].pk, START), (stages["S2"].pk, START + hours * HOUR)],
+        status=DealStatus.WON,
+        closed_at=START + length * HOUR,
+        **values,
+    )
+
+
 @pytest.mark.django_db
 def test_medians_and_90th_percentiles_per_group_and_in_total_are_each_their_own(four):
     """Hand-computed: the total's percentiles are not the groups' averaged or merged
@@ -488,14 +501,7 @@ def test_medians_and_90th_percentiles_per_group_and_in_total_are_each_their_own(
     petya = User.objects.create(username="petya")
     hours = {masha: [1, 2, 3, 10], petya: [4, 5, 6]}
     plans = [
-        DealPlan(
-            title="lead",
-            created_at=START,
-            path=[(stages["S1"].pk, START), (stages["S2"].pk, START + h * HOUR)],
-            status=DealStatus.WON,
-            closed_at=START + 2 * h * HOUR,
-            owner_id=owner.pk,
-        )
+        won_after(stages, h, owner_id=owner.pk, length=2 * h)
         for owner, durations in hours.items()
         for h in durations
     ]
@@ -527,15 +533,7 @@ def test_unassigned_deals_are_a_group_of_their_own_in_every_duration(four):
     masha = User.objects.create(username="masha")
     minute = datetime.timedelta(minutes=1)
     plans = [
-        DealPlan(
-            title="lead",
-            created_at=START,
-            path=[(stages["S1"].pk, START), (stages["S2"].pk, START + h * HOUR)],
-            status=DealStatus.WON,
-            closed_at=START + 3 * h * HOUR,
-            first_response_at=START + h * minute,
-            owner_id=owner,
-        )
+        won_after(stages, h, owner_id=owner, length=3 * h, first_response_at=START + h * minute)
         for owner, h in [(masha.pk, 1), (None, 2), (None, 4)]
     ]
     deals_bulk_load(funnel=funnel, plans=plans)
