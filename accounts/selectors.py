@@ -2,8 +2,9 @@
 
 Every API request looks up its key. An integration key (one without a person)
 is kept in the shared cache for ``API_KEY_CACHE_SECONDS``, so that most requests
-skip the database; ``api_key_revoke`` and every other change of a key drop the
-cached copy once committed, so a revoked key stops working at once. A personal
+skip the database; ``api_key_revoke`` and every other change of a key mark the
+cached copy dropped, now and once committed, so a revoked key stops working at
+once and no request can put back a copy it read before the change. A personal
 token is always read from the database: its person may be deactivated at any
 moment, by paths that know nothing of keys.
 """
@@ -14,6 +15,11 @@ from django.db import DEFAULT_DB_ALIAS, transaction
 from accounts.models import ApiKey
 
 API_KEY_CACHE_SECONDS = 60
+# After a key changes, its cache entry holds this mark for a while: requests read the
+# database, and a copy a request read before the change cannot be put back (a copy
+# is only ever added to an empty entry).
+_DROPPED = "dropped"
+_DROPPED_SECONDS = 2 * API_KEY_CACHE_SECONDS
 _FIELDS = tuple(field.attname for field in ApiKey._meta.concrete_fields)
 
 
@@ -23,24 +29,19 @@ def _cache_key(key_hash: str) -> str:
 
 def api_key_by_hash(key_hash: str) -> ApiKey | None:
     """The key with this hash (its person and funnel loaded when it has them), or None."""
-    values = cache.get(_cache_key(key_hash))
-    if values is not None:
-        return ApiKey.from_db(DEFAULT_DB_ALIAS, _FIELDS, values)
+    cached = cache.get(_cache_key(key_hash))
+    # By field name: a copy cached by a version with other fields is not used.
+    if isinstance(cached, dict) and cached.keys() == set(_FIELDS):
+        return ApiKey.from_db(DEFAULT_DB_ALIAS, _FIELDS, [cached[name] for name in _FIELDS])
     api_key = ApiKey.objects.select_related("user", "funnel").filter(key_hash=key_hash).first()
-    if api_key is not None:
-        api_key_cache_store(api_key)
+    if api_key is not None and api_key.user_id is None and cached is None:
+        values = {name: getattr(api_key, name) for name in _FIELDS}
+        cache.add(_cache_key(key_hash), values, API_KEY_CACHE_SECONDS)
     return api_key
 
 
-def api_key_cache_store(api_key: ApiKey) -> None:
-    """Keep an integration key's current row in the cache (personal tokens: never)."""
-    if api_key.user_id is None:
-        values = tuple(getattr(api_key, name) for name in _FIELDS)
-        cache.set(_cache_key(api_key.key_hash), values, API_KEY_CACHE_SECONDS)
-
-
 def api_key_cache_drop(key_hash: str) -> None:
-    """Forget the cached copy now and again once the current transaction commits: in
-    between, a concurrent request may have cached the row as it was before."""
-    cache.delete(_cache_key(key_hash))
-    transaction.on_commit(lambda: cache.delete(_cache_key(key_hash)))
+    """Mark the cached copy dropped now and again once the current transaction commits:
+    in between, a concurrent request may have read the row as it was before."""
+    cache.set(_cache_key(key_hash), _DROPPED, _DROPPED_SECONDS)
+    transaction.on_commit(lambda: cache.set(_cache_key(key_hash), _DROPPED, _DROPPED_SECONDS))

@@ -9,12 +9,13 @@ import hashlib
 import secrets
 from collections.abc import Iterable
 
+from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from accounts.models import ApiKey, ApiScope, User
-from accounts.selectors import api_key_cache_drop, api_key_cache_store
+from accounts.selectors import api_key_cache_drop
 from crm.errors import InvalidInput
 
 KEY_PREFIX = "vrk_"
@@ -87,13 +88,13 @@ def api_key_changed(*, api_key: ApiKey) -> None:
 
 
 def api_key_touch(*, api_key: ApiKey, min_interval_seconds: int = 60) -> None:
-    """Record the key's use, at most once a minute: not one write per request.
-
-    The new date goes into the cached copy too, which every worker reads: the
-    write is once a minute per key, not per worker."""
+    """Record the key's use, at most once a minute per key: the time of the last write
+    is kept in the shared cache, which every worker reads (not in the key's cached
+    copy, which only a read of the database may store)."""
     now = timezone.now()
-    last = api_key.last_used_at
+    mark = f"apikey-used:{api_key.key_hash}"
+    last = cache.get(mark)
     if last is None or (now - last).total_seconds() >= min_interval_seconds:
+        cache.set(mark, now, 2 * min_interval_seconds)
         ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
         api_key.last_used_at = now
-        api_key_cache_store(api_key)

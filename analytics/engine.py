@@ -178,10 +178,20 @@ class _Duration:
     when: Q | None = None
 
 
-def _aggregate(rows: QuerySet, durations: list[_Duration], *, grouped: bool) -> dict[tuple, dict]:
+@dataclasses.dataclass
+class _Measure:
+    """Durations measured over the deals matching ``rows``."""
+
+    rows: Q
+    durations: list[_Duration]
+
+
+def _aggregate(
+    rows: QuerySet, durations: list[_Duration], *, grouped: bool, null_key: object = None
+) -> dict[tuple, dict]:
     """Count, mean, median and 90th percentile of each duration over all rows (under
-    ``TOTAL``), and when ``grouped`` also per group ``_g`` (a NULL key is the
-    unassigned deals' owner, from ``_scoped(raw_owner=True)``: ``NO_OWNER``).
+    ``TOTAL``), and when ``grouped`` also per group ``_g``; a NULL group is keyed
+    ``null_key`` (``NO_OWNER`` for the raw owner column of ``_scoped(raw_owner=True)``).
 
     PostgreSQL does it in one pass: ``FILTER``ed ``percentile_cont`` over the rows
     sorted once by group, and ``GROUPING SETS`` for the total (percentiles do not
@@ -189,7 +199,7 @@ def _aggregate(rows: QuerySet, durations: list[_Duration], *, grouped: bool) -> 
     percentiles in Python.
     """
     if connection.vendor == "postgresql":
-        return _aggregate_postgresql(rows, durations, grouped=grouped)
+        return _aggregate_postgresql(rows, durations, grouped=grouped, null_key=null_key)
     out: dict[tuple, dict] = defaultdict(dict)
     for d in durations:
         values: dict[tuple, list[float]] = defaultdict(list)
@@ -197,7 +207,7 @@ def _aggregate(rows: QuerySet, durations: list[_Duration], *, grouped: bool) -> 
         matching = matching.annotate(_v=d.value).filter(_v__isnull=False)
         for group, value in matching.values_list("_g", "_v"):
             if grouped:
-                values[(NO_OWNER if group is None else group,)].append(round(value, 3))
+                values[(null_key if group is None else group,)].append(round(value, 3))
             values[(TOTAL,)].append(round(value, 3))
         for key, vals in values.items():
             vals.sort()
@@ -211,7 +221,7 @@ def _aggregate(rows: QuerySet, durations: list[_Duration], *, grouped: bool) -> 
 
 
 def _aggregate_postgresql(
-    rows: QuerySet, durations: list[_Duration], *, grouped: bool
+    rows: QuerySet, durations: list[_Duration], *, grouped: bool, null_key: object
 ) -> dict[tuple, dict]:
     # The rows are a subquery kept apart (OFFSET 0): each value and condition is
     # computed once per row, not once per aggregate that reads it.
@@ -249,7 +259,7 @@ def _aggregate_postgresql(
             f"SELECT {head}, {', '.join(selects)} FROM ({sql} OFFSET 0) AS t{grouping}", params
         )
         for group, total, *figures in cursor.fetchall():
-            key = (TOTAL,) if total else (NO_OWNER if group is None else group,)
+            key = (TOTAL,) if total else (null_key if group is None else group,)
             for i, d in enumerate(durations):
                 count, mean, percentiles = figures[3 * i : 3 * i + 3]
                 median, p90 = percentiles or (None, None)
@@ -466,6 +476,8 @@ def _funnel_report(query: FunnelQuery, run: Callable) -> FunnelReport:
     cohort = query.mode == Mode.COHORT
     target = funnel.target_response_minutes * 60
     grouped = bool(query.group_by)
+    # The raw owner column (stage time, durations) keys unassigned deals as NULL.
+    null_key = NO_OWNER if query.group_by == "owner" else None
     # Stage reaches keep none of the deal's fields: look the deal up to group or filter.
     needs_deal = bool(query.group_by or query.filters)
     # Stage time keeps the deal's owner, but no other field of it.
@@ -481,7 +493,7 @@ def _funnel_report(query: FunnelQuery, run: Callable) -> FunnelReport:
     entering_q = None if cohort else period.q("created_at")
     # Funnel length and response time: by owner, each reads its own index of the deals
     # (deals.models), in owner order and sorted by the duration within each owner.
-    deals_by_owner = _scoped(
+    deals_for_durations = _scoped(
         Deal.objects.filter(funnel_id=funnel.pk).order_by(), query, raw_owner=True
     )
     length = Seconds(F("closed_at"), F("created_at"))
@@ -489,7 +501,7 @@ def _funnel_report(query: FunnelQuery, run: Callable) -> FunnelReport:
     measures = {
         # Length to won and to lost over the deals that entered in the period (cohort)
         # or closed in it (calendar).
-        "lengths": (
+        "lengths": _Measure(
             Q(status__in=CLOSED_STATUSES) & (period.q("created_at") if cohort else closing_q),
             [
                 _Duration("length_won", length, won_q),
@@ -497,26 +509,30 @@ def _funnel_report(query: FunnelQuery, run: Callable) -> FunnelReport:
             ],
         ),
         # Response time over the deals that entered in the period and were answered.
-        "responses": (
+        "responses": _Measure(
             Q(first_response_at__isnull=False) & period.q("created_at"),
             [_Duration("response", response)],
         ),
     }
 
     def measure_deals(names: list[str]) -> dict[tuple, dict]:
-        """The named duration measures, per group and in total; several in one pass over
-        the deals, each over its own rows."""
-        if len(names) == 1:
-            rows, durations = measures[names[0]]
-            return _aggregate(deals_by_owner.filter(rows), durations, grouped=grouped)
-        rows = functools.reduce(operator.or_, (measures[name][0] for name in names))
+        """The named duration measures, per group and in total, in one pass over the
+        deals: the rows of any of them, each duration counted over its own measure's
+        rows (with one measure, its rows are all the rows: no FILTER needed)."""
+        chosen = [measures[name] for name in names]
+        rows = functools.reduce(operator.or_, (measure.rows for measure in chosen))
         durations = [
-            dataclasses.replace(d, when=part if d.when is None else d.when & part)
-            for name in names
-            for part, parts in [measures[name]]
-            for d in parts
+            d
+            if len(chosen) == 1
+            else dataclasses.replace(
+                d, when=measure.rows if d.when is None else d.when & measure.rows
+            )
+            for measure in chosen
+            for d in measure.durations
         ]
-        return _aggregate(deals_by_owner.filter(rows), durations, grouped=grouped)
+        return _aggregate(
+            deals_for_durations.filter(rows), durations, grouped=grouped, null_key=null_key
+        )
 
     def measure_times(chosen: list) -> dict[tuple, dict]:
         """Time in the chosen stages over finished visits, per group and in total; with
@@ -544,7 +560,7 @@ def _funnel_report(query: FunnelQuery, run: Callable) -> FunnelReport:
             )
             for stage in chosen
         ]
-        return _aggregate(visits, per_stage, grouped=grouped)
+        return _aggregate(visits, per_stage, grouped=grouped, null_key=null_key)
 
     def reaches_by_group(parts: list[tuple[int, QuerySet]]) -> dict[tuple, dict]:
         """Signed counts of the given reaches per (group, position). Each row looks its
@@ -596,6 +612,9 @@ def _funnel_report(query: FunnelQuery, run: Callable) -> FunnelReport:
         longest = reaches.aggregate(lag=Max(F("reached_at") - F("entered_at")))["lag"]
         if longest is None:
             return {}
+        # In absolute time: on a local clock, a bound across a daylight-saving change
+        # would move by the change and miss reaches.
+        start, end = (moment.astimezone(datetime.UTC) for moment in (period.start, period.end))
         return reaches_by_group(
             [
                 # Reached in the period by a deal that entered before it.
@@ -604,7 +623,7 @@ def _funnel_report(query: FunnelQuery, run: Callable) -> FunnelReport:
                     reaches.filter(
                         period.q("reached_at"),
                         entered_at__lt=period.start,
-                        entered_at__gte=period.start - longest,
+                        entered_at__gte=start - longest,
                     ),
                 ),
                 # Reached after the period by a deal that entered in it.
@@ -613,7 +632,7 @@ def _funnel_report(query: FunnelQuery, run: Callable) -> FunnelReport:
                     reaches.filter(
                         period.q("entered_at"),
                         reached_at__gte=period.end,
-                        reached_at__lt=period.end + longest,
+                        reached_at__lt=end + longest,
                     ),
                 ),
                 # Reached in the period by a deal that entered after it, and reached
@@ -623,7 +642,7 @@ def _funnel_report(query: FunnelQuery, run: Callable) -> FunnelReport:
             ]
         )
 
-    def cube() -> _Cube:
+    def count_cube() -> _Cube:
         if cohort:
             rows = deals.filter(period.q("created_at"))
         else:
@@ -638,12 +657,12 @@ def _funnel_report(query: FunnelQuery, run: Callable) -> FunnelReport:
     # that stage's part of the index, and these small jobs even out the two
     # connections' loads (the first stages hold the most visits).
     jobs: dict[str, Callable] = {}
-    if joins_deals:
+    if joins_deals:  # one long job: it goes first
         times = {"times": functools.partial(measure_times, stages)}
         jobs |= times
-    else:
+    else:  # small jobs: they go last and fill the gaps
         times = {f"times_{s.pk}": functools.partial(measure_times, [s]) for s in stages}
-    jobs["cube"] = cube
+    jobs["cube"] = count_cube
     if query.group_by == "owner":  # two indexes, each in owner order
         jobs |= {name: functools.partial(measure_deals, [name]) for name in measures}
     else:  # one pass over the deals
@@ -652,9 +671,9 @@ def _funnel_report(query: FunnelQuery, run: Callable) -> FunnelReport:
         jobs["reaches"] = crossings
     elif window is not None:
         jobs["reaches"] = late_reaches
-    jobs |= times
+    jobs |= times  # in place already when it went first
     results = run(jobs)
-    cube_ = results["cube"]
+    cube = results["cube"]
     # Changes to the step counts of the cube's deals (calendar mode, conversion window).
     reach_changes = results.get("reaches", {})
     durations: dict[tuple, dict] = defaultdict(dict)
@@ -670,7 +689,7 @@ def _funnel_report(query: FunnelQuery, run: Callable) -> FunnelReport:
         return dict(sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0])))
 
     def figures(key: str) -> FunnelFigures:
-        tally = cube_.tallies.get(key) or _Tally()
+        tally = cube.tallies.get(key) or _Tally()
         changes = reach_changes.get((key,), {})
         step_counts = [
             tally.reaching(stage.position) + changes.get(stage.position, 0) for stage in stages
@@ -741,7 +760,7 @@ def _funnel_report(query: FunnelQuery, run: Callable) -> FunnelReport:
         )
 
     if query.group_by:
-        keys = (set(cube_.tallies) | {key for (key,) in reach_changes}) - {TOTAL}
+        keys = (set(cube.tallies) | {key for (key,) in reach_changes}) - {TOTAL}
         names = _keys_and_labels(query.group_by, keys)  # internal key -> (key, label)
         groups = sorted(
             (Group(key=names[k][0], label=names[k][1], figures=figures(k)) for k in keys),

@@ -30,7 +30,9 @@ class DealPlan:
     path: list[tuple[int, datetime.datetime]]  # (stage id, entered at); first = entry stage
     status: str = DealStatus.OPEN
     closed_at: datetime.datetime | None = None  # when won or lost
-    first_response_at: datetime.datetime | None = None  # a manager's first action on it
+    # A manager's first action on it. Only the benchmark sets it, and no history row
+    # backs it: ``facts_rebuild`` derives it from the history and would clear it.
+    first_response_at: datetime.datetime | None = None
     loss_reason_id: int | None = None
     loss_comment: str = ""
     next_contact_at: datetime.datetime | None = None  # when postponed

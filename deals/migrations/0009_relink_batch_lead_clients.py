@@ -7,9 +7,24 @@ find the client by the lead's phone, else its email, as the intake matched them.
 A lead with neither (a name only) cannot be matched, and its deal is left as is.
 """
 
+import re
+
 from django.db import migrations
 
-from deals.services import normalize_email, normalize_phone
+
+# As deals.services normalised them when these leads came in (kept here as they were
+# then: a later change of the live functions must not change what this step does).
+def normalize_phone(phone: str) -> str:
+    digits = re.sub(r"\D", "", phone or "")
+    if len(digits) == 11 and digits.startswith("8"):
+        return "7" + digits[1:]
+    if len(digits) == 10 and digits.startswith("9"):
+        return "7" + digits
+    return digits
+
+
+def normalize_email(email: str) -> str:
+    return (email or "").strip().lower()
 
 
 def relink_clients(apps, schema_editor):

@@ -2,8 +2,10 @@
 
 import datetime
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import pytest
+from django.utils import timezone
 
 from accounts.models import User
 from analytics.engine import funnel_report, percentile_cont
@@ -559,6 +561,28 @@ def test_unassigned_deals_are_a_group_of_their_own_in_every_duration(four):
         # All three: 1, 2, 4 h: median 2 h, p90 2 + 0.8 * 2 = 3.6 h.
         assert figures(total) == ((3, 2 * 3600.0, 3.6 * 3600), (3, 6 * 3600.0), 120.0), mode
         assert report(funnel, mode=mode).totals == total, mode
+
+
+@pytest.mark.django_db
+def test_calendar_reaches_across_the_edge_count_across_a_daylight_saving_change(four):
+    """The funnel's longest lag bounds the reaches read at a period's edge; the bound is
+    taken in absolute time, not on the local clock that moves at a DST change."""
+    funnel, stages = four
+    # April in Berlin starts at 22:00 UTC on 31 March (CEST, +2); the deal entered in
+    # winter (CET, +1) 60 days and one hour before the reach, its funnel's longest lag.
+    entered = datetime.datetime(2025, 1, 30, 21, 30, tzinfo=UTC)
+    reached = datetime.datetime(2025, 3, 31, 22, 30, tzinfo=UTC)  # 00:30 on 1 April
+    path = [(stages["S1"].pk, entered), (stages["S2"].pk, reached)]
+    deals_bulk_load(funnel=funnel, plans=[DealPlan(title="lead", created_at=entered, path=path)])
+
+    with timezone.override(ZoneInfo("Europe/Berlin")):
+        april = report(
+            funnel,
+            mode=Mode.CALENDAR,
+            date_from=datetime.date(2025, 4, 1),
+            date_to=datetime.date(2025, 4, 30),
+        )
+    assert counts(april.totals) == [0, 1, 0, 0, 0]
 
 
 def reaches_in(funnel, start, end, owner=None) -> list[int]:

@@ -4,6 +4,7 @@ import io
 from datetime import timedelta
 
 import pytest
+from django.core.cache import cache
 from django.core.management import call_command
 from django.db import connection
 from django.test import override_settings
@@ -12,7 +13,8 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from accounts.models import ApiKey, ApiScope
-from accounts.services import api_key_changed, api_key_hash, api_key_revoke
+from accounts.selectors import api_key_by_hash
+from accounts.services import api_key_changed, api_key_hash, api_key_revoke, api_key_touch
 from deals.models import Deal
 
 pytestmark = pytest.mark.django_db
@@ -84,6 +86,26 @@ def test_a_revoked_key_is_refused(leads_client, used_before):
         "The API key has been revoked.",
     )
     assert Deal.objects.count() == (1 if used_before else 0)
+
+
+def test_a_copy_read_before_the_revocation_cannot_bring_the_key_back(leads_client):
+    # A request read the key from the database, the revocation committed, then that
+    # request stored its copy and recorded its use: the key stays refused.
+    before = api_key_by_hash(leads_client.api_key.key_hash)
+    cache.clear()  # the request's read found no copy in the cache
+    api_key_revoke(api_key=leads_client.api_key)
+    stale = {
+        field.attname: getattr(before, field.attname) for field in ApiKey._meta.concrete_fields
+    }
+    assert not cache.add(f"apikey:{before.key_hash}", stale, 60)  # it cannot store it
+    api_key_touch(api_key=before)
+
+    response = leads_client.post("/api/v1/leads/", LEAD, format="json")
+
+    assert (response.status_code, response.json()["detail"]) == (
+        401,
+        "The API key has been revoked.",
+    )
 
 
 def test_a_changed_key_is_read_again(leads_client):
