@@ -61,6 +61,11 @@ def writes_together():
     with one ``INSERT ... SELECT FROM unnest(...)`` per table. Their rows only
     reference rows written before, and nothing inside reads them back. Nested
     blocks join the outer one. On SQLite every write runs at once.
+
+    The writes wait in this process, not in the database: a savepoint rolled back
+    inside the block (``atomic()`` whose error is caught) does not take back the
+    writes queued within it. Keep such savepoints out of the block; nothing in the
+    intake opens one.
     """
     if _pending.get() is not None or connection.vendor != "postgresql":
         yield

@@ -13,7 +13,7 @@ from rest_framework import serializers
 
 from crm.api import ErrorSerializer
 from deals.models import DealStatus, Temperature
-from deals.services import normalize_phone
+from deals.services import phone_is_valid
 
 # ---------------------------------------------------------------- leads
 
@@ -24,9 +24,14 @@ class LeadContactInput(serializers.Serializer):
     email = serializers.EmailField(max_length=254, required=False, allow_blank=True, default="")
 
     def validate_phone(self, value: str) -> str:
-        if value and not 7 <= len(normalize_phone(value)) <= 15:
+        if value and not phone_is_valid(value):
             raise serializers.ValidationError(_("Enter a phone number of 7 to 15 digits."))
         return value
+
+
+def _reaches_client(contact: dict, company: str) -> bool:
+    """A lead needs a way to reach its client: a name, phone, email or company."""
+    return bool(contact.get("name") or contact.get("phone") or contact.get("email") or company)
 
 
 class LeadUtmInput(serializers.Serializer):
@@ -79,10 +84,7 @@ class LeadInput(serializers.Serializer):
     )
 
     def validate(self, attrs: dict) -> dict:
-        contact = attrs.get("contact") or {}
-        if not (
-            contact.get("name") or contact.get("phone") or contact.get("email") or attrs["company"]
-        ):
+        if not _reaches_client(attrs.get("contact") or {}, attrs["company"]):
             raise serializers.ValidationError(
                 {"contact": _("Give the client's name, phone, email or company.")}
             )
@@ -172,9 +174,7 @@ class _PlainLeadReader:
                     if value is None:
                         return None
                     values["utm"][name] = value
-        contact = values.get("contact") or {}
-        reachable = contact.get("name") or contact.get("phone") or contact.get("email")
-        if not (reachable or values["company"]):
+        if not _reaches_client(values.get("contact") or {}, values["company"]):
             return None
         return values
 
@@ -188,7 +188,7 @@ class _PlainLeadReader:
                 return None
             values[name] = value
         phone, email = values["phone"], values["email"]
-        if phone and not 7 <= len(normalize_phone(phone)) <= 15:
+        if phone and not phone_is_valid(phone):
             return None
         if email:
             try:

@@ -81,6 +81,11 @@ def normalize_phone(phone: str) -> str:
     return digits
 
 
+def phone_is_valid(phone: str) -> bool:
+    """A phone number has 7 to 15 digits (E.164's longest)."""
+    return 7 <= len(normalize_phone(phone)) <= 15
+
+
 def normalize_email(email: str) -> str:
     return (email or "").strip().lower()
 
@@ -94,7 +99,7 @@ def _contact_check(*, phone: str = "", email: str = "", errors: dict | None = No
     errors = dict(errors or {})
     if email and not EMAIL_RE.match(email.strip()):
         errors["contact_email"] = _("“%(value)s” is not an email address.") % {"value": email}
-    if phone and not 7 <= len(normalize_phone(phone)) <= 15:
+    if phone and not phone_is_valid(phone):
         errors["contact_phone"] = _("“%(value)s” is not a phone number.") % {"value": phone}
     if errors:
         raise InvalidInput(
