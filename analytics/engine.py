@@ -61,10 +61,9 @@ from analytics.types import (
     Step,
 )
 from crm.sql import Seconds
-from deals.models import CLOSED_STATUSES, Deal, DealStatus, Temperature
+from deals.models import CLOSED_STATUSES, OPEN_STATUSES, Deal, DealStatus, Temperature
 from funnels.models import Funnel, LossReason
 
-OPEN_STATUSES = (DealStatus.OPEN, DealStatus.POSTPONED)
 TOTAL = "__all__"
 
 
@@ -373,7 +372,14 @@ class _Cube:
     )
 
     def __init__(
-        self, rows: QuerySet, *, window, target_seconds: int, closing: Q | None, entering: Q | None
+        self,
+        rows: QuerySet,
+        *,
+        window,
+        target_seconds: int,
+        closing: Q | None,
+        entering: Q | None,
+        open_elsewhere: QuerySet | None = None,
     ) -> None:
         in_window = (
             Case(When(closed_at__lt=F("created_at") + window, then=Value(1)), default=Value(0))
@@ -404,6 +410,25 @@ class _Cube:
             .values(*self.KEYS)
             .annotate(n=Count("*"), amount=Sum("amount"))
         )
+        if open_elsewhere is not None:
+            # Open deals outside the period (calendar mode) count only as open, by
+            # stage and amount: read from the open deals' own index, not the table.
+            outside = {
+                "status": DealStatus.OPEN,
+                "reached_position": 0,
+                "loss_reason_id": None,
+                "is_repeat_client": False,
+                "_in_window": 0,
+                "_response": 0,
+                "_closing": 0,
+                "_entering": 0,
+            }
+            self.rows += [
+                outside | row
+                for row in open_elsewhere.values("_g", "stage_id").annotate(
+                    n=Count("*"), amount=Sum("amount")
+                )
+            ]
         # Every figure of the report is a sum over some of these rows: one pass adds
         # them all up, per group and in total.
         self.tallies: dict[object, _Tally] = defaultdict(_Tally)
@@ -644,11 +669,22 @@ def _funnel_report(query: FunnelQuery, run: Callable) -> FunnelReport:
 
     def count_cube() -> _Cube:
         if cohort:
-            rows = deals.filter(period.q("created_at"))
-        else:
-            rows = deals.filter(closing_q | entering_q | Q(status__in=OPEN_STATUSES))
+            return _Cube(
+                deals.filter(period.q("created_at")),
+                window=window,
+                target_seconds=target,
+                closing=None,
+                entering=None,
+            )
+        # The deals closed or entered in the period, and apart from them the deals
+        # open now that entered before or after it (those count only as open).
         return _Cube(
-            rows, window=window, target_seconds=target, closing=closing_q, entering=entering_q
+            deals.filter(closing_q | entering_q),
+            window=window,
+            target_seconds=target,
+            closing=closing_q,
+            entering=entering_q,
+            open_elsewhere=deals.filter(status__in=OPEN_STATUSES).exclude(entering_q),
         )
 
     # The longest first, about: each connection takes the next job when it is free.

@@ -585,6 +585,50 @@ def test_calendar_reaches_across_the_edge_count_across_a_daylight_saving_change(
     assert counts(april.totals) == [0, 1, 0, 0, 0]
 
 
+@pytest.mark.django_db
+def test_calendar_open_figures_count_open_deals_entered_before_in_and_after_the_period(four):
+    """Calendar mode reads the deals open now that entered outside the period apart
+    from the period's deals; each open deal counts once, wherever it entered."""
+    funnel, stages = four
+    february, april = START - 30 * DAY, START + 40 * DAY
+    plans = [
+        DealPlan(
+            title="before",
+            created_at=february,
+            path=plan_path(stages, ["S1", "S2"], february),
+            amount=Decimal("100"),
+        ),
+        DealPlan(
+            title="in", created_at=START, path=plan_path(stages, ["S1"]), amount=Decimal("10")
+        ),
+        DealPlan(
+            title="after",
+            created_at=april,
+            path=plan_path(stages, ["S1", "S2", "S3"], april),
+            amount=Decimal("1"),
+        ),
+        DealPlan(
+            title="won",
+            created_at=february,
+            path=plan_path(stages, ["S1"], february),
+            status=DealStatus.WON,
+            closed_at=START,
+            amount=Decimal("1000"),
+        ),
+    ]
+    deals_bulk_load(funnel=funnel, plans=plans)
+
+    totals = report(funnel, mode=Mode.CALENDAR).totals
+
+    assert [step.open for step in totals.steps[:4]] == [1, 1, 1, 0]
+    assert (totals.open_total, totals.won.count, totals.won.amount) == (3, 1, 1000.0)
+    probability = {name: stage.probability for name, stage in stages.items()}
+    assert totals.weighted_pipeline == round(
+        (100 * probability["S2"] + 10 * probability["S1"] + 1 * probability["S3"]) / 100, 2
+    )
+    assert totals.response.waiting == 1  # of the deals that entered in the period
+
+
 def reaches_in(funnel, start, end, owner=None) -> list[int]:
     """Calendar-mode step counts straight from the definition (METRICS.md)."""
     rows = StageReach.objects.filter(funnel=funnel, reached_at__gte=start, reached_at__lt=end)
