@@ -142,7 +142,14 @@ def _scoped(
     owner_prefix = prefix if owner_prefix is None else owner_prefix
     for field, values in query.filters:
         if field == "owner":
-            values = _owner_ids(values)
+            # On the owner column itself, so that the indexes that lead with the owner
+            # read only these owners' rows (a head's or a manager's view).
+            ids = _owner_ids(values)
+            owned = Q(**{f"{owner_prefix}owner_id__in": [pk for pk in ids if pk != NO_OWNER]})
+            if NO_OWNER in ids:
+                owned |= Q(**{f"{owner_prefix}owner_id__isnull": True})
+            rows = rows.filter(owned)
+            continue
         rows = rows.annotate(
             **{f"_f_{field}": _slice_expression(field, prefix, owner_prefix)}
         ).filter(**{f"_f_{field}__in": values})

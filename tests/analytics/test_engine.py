@@ -561,6 +561,11 @@ def test_unassigned_deals_are_a_group_of_their_own_in_every_duration(four):
         # All three: 1, 2, 4 h: median 2 h, p90 2 + 0.8 * 2 = 3.6 h.
         assert figures(total) == ((3, 2 * 3600.0, 3.6 * 3600), (3, 6 * 3600.0), 120.0), mode
         assert report(funnel, mode=mode).totals == total, mode
+    # Filtered by owner, "" is the unassigned deals.
+    unassigned = report(funnel, filters={"owner": [""]}).totals
+    assert (unassigned.entered, unassigned.steps[0].time_in_stage.median) == (2, 3 * 3600.0)
+    assert report(funnel, filters={"owner": ["masha", ""]}).totals == report(funnel).totals
+    assert report(funnel, filters={"owner": ["masha"]}).totals.entered == 1
 
 
 @pytest.mark.django_db

@@ -32,6 +32,7 @@ from funnels.models import Funnel
 
 HEAD = "bench-head"
 ADMIN = "bench-admin"
+MANAGER = "bench00"  # a manager's own view: no stored snapshots, computed in the request
 TEAM = "Bench team"
 # (case, user, query string): the default view and presets in both modes.
 CASES = [
@@ -41,6 +42,8 @@ CASES = [
     ("last_12_weeks_calendar", ADMIN, {"period": "last_12_weeks", "mode": "calendar"}),
     ("head_default", HEAD, {}),
     ("head_last_week_calendar", HEAD, {"period": "last_week", "mode": "calendar"}),
+    ("manager_default", MANAGER, {}),
+    ("manager_this_month_calendar", MANAGER, {"mode": "calendar"}),
 ]
 
 
@@ -110,7 +113,7 @@ class Command(BaseCommand):
         members = managers[: len(managers) // 2]
         User.objects.filter(team=team).exclude(pk__in=members).update(team=None)
         User.objects.filter(pk__in=members).update(team=team)
-        return {ADMIN: admin, HEAD: head}
+        return {ADMIN: admin, HEAD: head, MANAGER: User.objects.get(username=MANAGER)}
 
     def _refresh(self, funnel: Funnel) -> float:
         from crm.celery import app
