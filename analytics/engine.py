@@ -360,9 +360,10 @@ class _Cube:
 
     One plain GROUP BY (a hash aggregate) gives a few thousand rows at most; every
     count, sum and conversion of the report is then added up from them. In
-    calendar mode one pass serves the deals closed in the period (``_closing``),
-    those that entered in it (``_entering``) and the open ones; in cohort mode
-    all its deals entered in the period and both flags are 1.
+    calendar mode one pass serves the deals closed in the period (``_closing``)
+    and those that entered in it (``_entering``), and ``open_elsewhere`` adds the
+    deals open now that entered outside it, by stage only; in cohort mode all its
+    deals entered in the period and both flags are 1.
     """
 
     KEYS = (
