@@ -191,6 +191,25 @@ def reserve_ids(model: type[models.Model], count: int) -> list[int] | None:
         return [row[0] for row in cursor.fetchall()]
 
 
+def insert_rows_with_ids(
+    model: type[models.Model], columns: Sequence[str], rows: Sequence[Sequence]
+) -> list[int]:
+    """Insert rows given as tuples in ``columns`` order (foreign keys as ids) at once;
+    return their new ids, in order. PostgreSQL: the ids come from the table's sequence
+    and the rows go in with COPY; elsewhere ``bulk_create`` numbers them."""
+    ids = reserve_ids(model, len(rows))
+    if ids is not None:
+        _write_rows(
+            model, ("id", *columns), [(pk, *row) for pk, row in zip(ids, rows, strict=True)]
+        )
+        return ids
+    attnames = [model._meta.get_field(name).attname for name in columns]
+    created = model.objects.bulk_create(
+        (model(**dict(zip(attnames, row, strict=True))) for row in rows), batch_size=2000
+    )
+    return [obj.pk for obj in created]
+
+
 def insert_objects(objects: Sequence[models.Model]) -> None:
     """Insert unsaved instances of one model whose ids nobody reads back (history and
     summary rows): ``insert_rows`` of every concrete field but the id, one COPY on

@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from analytics.facts import REACH_COLUMNS, TIME_COLUMNS, Replay, client_types_refresh
 from analytics.models import StageReach, StageTime
-from crm.db import insert_rows, reserve_ids
+from crm.db import insert_rows, insert_rows_with_ids
 from deals.models import Deal, DealStatus, StageChange, StatusChange
 from funnels.models import Funnel, Stage
 
@@ -177,24 +177,7 @@ def deals_bulk_load(*, funnel: Funnel, plans: list[DealPlan], batch_size: int = 
                 )
                 for plan, replay in zip(batch, replays, strict=True)
             ]
-            deal_ids = reserve_ids(Deal, len(rows))
-            if deal_ids is not None:
-                insert_rows(
-                    Deal,
-                    ("id", *DEAL_COLUMNS),
-                    [(i, *r) for i, r in zip(deal_ids, rows, strict=True)],
-                )
-            else:  # SQLite: let the database number them
-                created = Deal.objects.bulk_create(
-                    Deal(
-                        **{
-                            f"{name}_id" if name in _FOREIGN_KEYS else name: value
-                            for name, value in zip(DEAL_COLUMNS, row, strict=True)
-                        }
-                    )
-                    for row in rows
-                )
-                deal_ids = [deal.pk for deal in created]
+            deal_ids = insert_rows_with_ids(Deal, DEAL_COLUMNS, rows)
             stage_changes, status_changes, reaches, times = [], [], [], []
             for deal_id, plan, (stage_rows, status_rows), replay in zip(
                 deal_ids, batch, histories, replays, strict=True
@@ -213,5 +196,3 @@ def deals_bulk_load(*, funnel: Funnel, plans: list[DealPlan], batch_size: int = 
             ids += deal_ids
     return ids
 
-
-_FOREIGN_KEYS = {"funnel", "stage", "owner", "contact", "loss_reason"}

@@ -30,7 +30,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from accounts.models import Role, User
-from crm.db import insert_rows, reserve_ids
+from crm.db import insert_rows_with_ids
 from crm.errors import InvalidInput
 from deals.bulk import DealPlan, deals_bulk_load
 from deals.models import Contact, Deal, DealStatus, Temperature
@@ -1087,18 +1087,6 @@ def _contacts(deals: list[_Deal]) -> tuple[dict[tuple[str, str], int], int]:
         )
         for key in missing
     ]
-    new_ids = reserve_ids(Contact, len(rows))
-    if new_ids is not None:
-        insert_rows(
-            Contact,
-            ("id", *CONTACT_COLUMNS),
-            [(pk, *row) for pk, row in zip(new_ids, rows, strict=True)],
-        )
-    else:  # no sequence to take ids from (SQLite), or nothing to add
-        contacts = Contact.objects.bulk_create(
-            (Contact(**dict(zip(CONTACT_COLUMNS, row, strict=True))) for row in rows),
-            batch_size=2000,
-        )
-        new_ids = [contact.pk for contact in contacts]
+    new_ids = insert_rows_with_ids(Contact, CONTACT_COLUMNS, rows)
     ids.update(zip(missing, new_ids, strict=True))
     return ids, len(rows)
