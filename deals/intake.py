@@ -67,6 +67,7 @@ from deals.services import (
     normalize_phone,
     notes_add_system,
     owner_check,
+    works_funnel,
 )
 from funnels.models import Funnel
 
@@ -364,21 +365,12 @@ def _open_funnel(client: IntakeClient, funnel_id: int) -> FunnelLayout:
             fields={"funnel": _("Choose an active funnel.")},
         )
     user = client.user
-    if user is not None and not (user.is_admin_role or user.is_head) and not _works(user, funnel):
+    if user is not None and not works_funnel(user, funnel):
         raise Forbidden(
             _("You do not work the funnel “%(name)s”.") % {"name": funnel.name},
             fields={"funnel": _("Choose one of your funnels.")},
         )
     return layout
-
-
-def _works(user: User, funnel: Funnel) -> bool:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT 1 FROM {_MEMBERS_TABLE} WHERE funnel_id = %s AND user_id = %s",
-            [funnel.pk, user.pk],
-        )
-        return cursor.fetchone() is not None
 
 
 def _contact_keys(lead: LeadData) -> list[str]:

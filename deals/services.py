@@ -293,6 +293,16 @@ def _check_owner_active(owner: User) -> None:
         )
 
 
+def works_funnel(user: User, funnel: Funnel, member_ids: Iterable[int] | None = None) -> bool:
+    """Whether ``user`` works ``funnel``: heads and admins work every funnel, others those
+    they are members of. ``member_ids``: the funnel's members, when the caller has them."""
+    if user.is_admin_role or user.is_head:
+        return True
+    if member_ids is None:
+        return funnel.members.filter(pk=user.pk).exists()
+    return user.pk in member_ids
+
+
 def owner_check(
     owner: User | None, funnel: Funnel, member_ids: Iterable[int] | None = None
 ) -> None:
@@ -301,13 +311,7 @@ def owner_check(
     if owner is None:
         return
     _check_owner_active(owner)
-    if owner.is_admin_role or owner.is_head:
-        return
-    if member_ids is None:
-        works = funnel.members.filter(pk=owner.pk).exists()
-    else:
-        works = owner.pk in member_ids
-    if not works:
+    if not works_funnel(owner, funnel, member_ids):
         raise InvalidInput(
             _("%(user)s does not work the funnel “%(funnel)s”.")
             % {"user": owner, "funnel": funnel.name},
