@@ -195,4 +195,3 @@ def deals_bulk_load(*, funnel: Funnel, plans: list[DealPlan], batch_size: int = 
                 client_types_refresh(contacts)
             ids += deal_ids
     return ids
-
