@@ -27,16 +27,29 @@ def _cache_key(key_hash: str) -> str:
     return f"apikey:{key_hash}"
 
 
+def api_key_use_mark(key_hash: str) -> str:
+    """The cache entry holding when the key's last use was written (``api_key_touch``)."""
+    return f"apikey-used:{key_hash}"
+
+
 def api_key_by_hash(key_hash: str) -> ApiKey | None:
-    """The key with this hash (its person and funnel loaded when it has them), or None."""
-    cached = cache.get(_cache_key(key_hash))
+    """The key with this hash (its person and funnel loaded when it has them), or None.
+
+    Its ``use_marked_at`` is the cached time its last use was written (None if none),
+    read in the same cache round trip as the key, for ``api_key_touch``.
+    """
+    found = cache.get_many([_cache_key(key_hash), api_key_use_mark(key_hash)])
+    cached = found.get(_cache_key(key_hash))
     # By field name: a copy cached by a version with other fields is not used.
     if isinstance(cached, dict) and cached.keys() == set(_FIELDS):
-        return ApiKey.from_db(DEFAULT_DB_ALIAS, _FIELDS, [cached[name] for name in _FIELDS])
-    api_key = ApiKey.objects.select_related("user", "funnel").filter(key_hash=key_hash).first()
-    if api_key is not None and api_key.user_id is None and cached is None:
-        values = {name: getattr(api_key, name) for name in _FIELDS}
-        cache.add(_cache_key(key_hash), values, API_KEY_CACHE_SECONDS)
+        api_key = ApiKey.from_db(DEFAULT_DB_ALIAS, _FIELDS, [cached[name] for name in _FIELDS])
+    else:
+        api_key = ApiKey.objects.select_related("user", "funnel").filter(key_hash=key_hash).first()
+        if api_key is not None and api_key.user_id is None and cached is None:
+            values = {name: getattr(api_key, name) for name in _FIELDS}
+            cache.add(_cache_key(key_hash), values, API_KEY_CACHE_SECONDS)
+    if api_key is not None:
+        api_key.use_marked_at = found.get(api_key_use_mark(key_hash))
     return api_key
 
 

@@ -15,7 +15,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from accounts.models import ApiKey, ApiScope, User
-from accounts.selectors import api_key_cache_drop
+from accounts.selectors import api_key_cache_drop, api_key_use_mark
 from crm.errors import InvalidInput
 
 KEY_PREFIX = "vrk_"
@@ -90,10 +90,11 @@ def api_key_changed(*, api_key: ApiKey) -> None:
 def api_key_touch(*, api_key: ApiKey, min_interval_seconds: int = 60) -> None:
     """Record the key's use, at most once a minute per key: the time of the last write
     is kept in the shared cache, which every worker reads (not in the key's cached
-    copy, which only a read of the database may store)."""
+    copy, which only a read of the database may store). A key from ``api_key_by_hash``
+    brings that time along (``use_marked_at``): no second read of the cache."""
     now = timezone.now()
-    mark = f"apikey-used:{api_key.key_hash}"
-    last = cache.get(mark)
+    mark = api_key_use_mark(api_key.key_hash)
+    last = api_key.use_marked_at if hasattr(api_key, "use_marked_at") else cache.get(mark)
     if last is None or (now - last).total_seconds() >= min_interval_seconds:
         cache.set(mark, now, 2 * min_interval_seconds)
         ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)

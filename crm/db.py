@@ -108,6 +108,54 @@ def _flush_pending() -> None:
         )
 
 
+@contextlib.contextmanager
+def sent_with_next(sql: str, params: Sequence = ()):
+    """Run ``sql`` (a statement whose result nobody reads: taking locks) just before the
+    first statement run inside the block, in the same round trip.
+
+    They still run one after the other, and under READ COMMITTED each statement
+    sees what committed before it started: a read sent with the locks it must wait
+    for sees what their holders wrote. On SQLite, with server-side binding, or
+    before an ``executemany``, ``sql`` runs on its own; if nothing runs inside the
+    block, it runs when the block ends.
+    """
+    state = {"sent": False}
+
+    def send_alone(cursor=None) -> None:
+        state["sent"] = True
+        if cursor is None:
+            with connection.cursor() as own:
+                own.execute(sql, params)
+        else:
+            cursor.execute(sql, params)
+
+    separate = connection.vendor != "postgresql" or connection.settings_dict.get("OPTIONS", {}).get(
+        "server_side_binding"
+    )
+    if separate:
+        send_alone()
+        yield
+        return
+
+    def together(execute, query, query_params, many, context):
+        if state["sent"]:
+            return execute(query, query_params, many, context)
+        if many or not isinstance(query_params, list | tuple):
+            send_alone(context["cursor"])
+            return execute(query, query_params, many, context)
+        state["sent"] = True
+        # Client-side binding (Django's default) sends both as one simple query; the
+        # cursor then moves on to the second one's result.
+        result = execute(f"{sql};\n{query}", [*params, *query_params], many, context)
+        context["cursor"].nextset()
+        return result
+
+    with connection.execute_wrapper(together):
+        yield
+    if not state["sent"]:
+        send_alone()
+
+
 def insert_rows(
     model: type[models.Model], columns: Sequence[str], rows: Iterable[Sequence]
 ) -> None:

@@ -3,7 +3,10 @@
 Site forms, ad platforms and telephony post leads through the API
 (``POST /api/v1/leads/``); this module is the one place that decides what
 becomes of them. ``lead_intake`` runs one request (one lead or a batch) in one
-transaction:
+transaction; single leads that other threads of the process post at the same
+moment may share it (``_GroupCommit``: a lead's cost is mostly its round trips
+to PostgreSQL, the same for one lead or several), each with the outcome it
+would have had alone:
 
 1. With an ``Idempotency-Key`` it first inserts the request's
    ``IntakeIdempotencyRecord`` (``ON CONFLICT DO NOTHING``). A concurrent
@@ -21,16 +24,18 @@ transaction:
    opened earlier in the batch) is attached to it as a note; any other is
    checked by ``DealOpener.prepare`` (the rules of ``deal_create``). A bad lead
    of a batch is reported at its index and the others go in.
-4. Only then is the funnel's ``FunnelIntakeState`` row locked, for the
-   shortest time, to hand the round-robin turns to the new deals without an
-   owner (a rejected lead takes no turn), and everything is written in bulk:
-   a batch of 100 leads costs about the statements of one.
+4. The new clients are written; only then is the funnel's ``FunnelIntakeState``
+   row locked, until commit, to hand the round-robin turns to the new deals
+   without an owner (a rejected lead takes no turn), and the rest is written in
+   bulk: a batch of 100 leads costs about the statements of one.
 
 Deals are created by the system (``actor=None``); who may post into which
 funnel is checked here, from the ``IntakeClient``.
 """
 
+import contextlib
 import dataclasses
+import threading
 import zlib
 from collections.abc import Sequence
 from decimal import Decimal
@@ -41,10 +46,12 @@ from django.utils.translation import gettext as _
 
 from accounts.models import ApiKey, Role, User
 from crm.db import (
+    fetch_joined,
     fetch_objects,
     insert_rows,
     placeholders,
     select_list,
+    sent_with_next,
     update_rows,
     write_later,
     writes_together,
@@ -187,7 +194,17 @@ def lead_error(error: DomainError) -> DomainError:
 # ---------------------------------------------------------------- the request
 
 
-@transaction.atomic
+@dataclasses.dataclass(frozen=True)
+class IntakeRequest:
+    """One API request: its client, its leads, and its ``Idempotency-Key``."""
+
+    client: IntakeClient
+    leads: Sequence[LeadData | InvalidInput]
+    idempotency_key: str | None = None
+    fingerprint: str = ""
+    raise_on_reject: bool = False
+
+
 def lead_intake(
     *,
     client: IntakeClient,
@@ -203,22 +220,210 @@ def lead_intake(
     body: an ``idempotency_key`` reused with another body raises
     ``IdempotencyKeyReused``. With ``raise_on_reject`` (a single lead) a rejected
     lead raises its error and nothing is stored, the idempotency record included.
+
+    A single lead may share its transaction with the single leads that other
+    threads of this process post at the same moment (``_GroupCommit``); its
+    outcome is the one it would have had alone.
     """
-    if len(leads) > MAX_BATCH:
-        raise InvalidInput(
-            _("Send at most %(max)s leads at once.") % {"max": MAX_BATCH},
-            fields={"leads": _("Split the batch.")},
-        )
-    record = None
-    if idempotency_key:
-        record = _claim_idempotency_key(client, idempotency_key, fingerprint)
+    request = IntakeRequest(client, leads, idempotency_key, fingerprint, raise_on_reject)
+    if len(leads) == 1 and not connection.in_atomic_block:
+        answer = _group_commit.take(request)
+    else:
+        answer = _requests_intake([request])[0]
+    if isinstance(answer, DomainError):
+        raise answer
+    return answer
+
+
+@transaction.atomic
+def _requests_intake(requests: Sequence[IntakeRequest]) -> list[IntakeResult | DomainError]:
+    """Take several requests in one transaction; return each one's result or error.
+
+    Each request gets what it would have got alone, one after the other in the
+    given order: a repeated ``Idempotency-Key`` gets the first one's result (or
+    ``IdempotencyKeyReused``), a repeated ``external_id`` its first outcome, a
+    client's second lead is attached to the deal his first one opened. A request
+    that fails (a rejected single lead) stores nothing, its idempotency record
+    included.
+    """
+    answers: list[IntakeResult | DomainError | None] = [None] * len(requests)
+    records: dict[int, IntakeIdempotencyRecord] = {}
+    first_of: dict[tuple[str, str], int] = {}
+    repeats: dict[int, int] = {}
+    for index, request in enumerate(requests):
+        if len(request.leads) > MAX_BATCH:
+            answers[index] = InvalidInput(
+                _("Send at most %(max)s leads at once.") % {"max": MAX_BATCH},
+                fields={"leads": _("Split the batch.")},
+            )
+        elif request.idempotency_key:
+            ident = (request.client.label, request.idempotency_key)
+            if ident in first_of:
+                repeats[index] = first_of[ident]
+            else:
+                first_of[ident] = index
+    for _ident, index in sorted(first_of.items()):  # one order: two groups never deadlock
+        request = requests[index]
+        try:
+            record = _claim_idempotency_key(
+                request.client, request.idempotency_key, request.fingerprint
+            )
+        except IdempotencyKeyReused as error:
+            answers[index] = error
+            continue
         if record.result is not None:
-            return IntakeResult(results=record.result["results"], replayed=True)
-    results = _take_leads(client, leads, raise_on_reject=raise_on_reject)
-    if record is not None:
-        record.result = {"results": results}
-        update_rows(IntakeIdempotencyRecord, ["result"], [(record.result, record.pk)])
+            answers[index] = IntakeResult(results=record.result["results"], replayed=True)
+        else:
+            records[index] = record
+
+    taken = [
+        index for index in range(len(requests)) if answers[index] is None and index not in repeats
+    ]
+    entries = [(requests[index].client, lead) for index in taken for lead in requests[index].leads]
+    outcomes = iter(_take_leads(entries))
+    for index in taken:
+        request = requests[index]
+        answers[index] = _answer(request, [next(outcomes) for _lead in request.leads])
+
+    for index, first in repeats.items():
+        answers[index] = _repeated(requests[index], requests[first], answers[first])
+    stored, failed = [], []
+    for index, record in records.items():
+        answer = answers[index]
+        if isinstance(answer, IntakeResult):
+            stored.append(({"results": answer.results}, record.pk))
+        else:
+            failed.append(record.pk)
+    if stored:
+        update_rows(IntakeIdempotencyRecord, ["result"], stored)
+    if failed:  # as if rolled back: a retry takes the request anew
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"DELETE FROM {_RECORD_TABLE} WHERE id IN ({placeholders(len(failed))})", failed
+            )
+    return answers
+
+
+def _answer(
+    request: IntakeRequest, outcomes: list[dict | DomainError]
+) -> IntakeResult | DomainError:
+    if request.raise_on_reject:
+        for outcome in outcomes:
+            if isinstance(outcome, DomainError):
+                return lead_error(outcome)
+    results = []
+    for index, (lead, outcome) in enumerate(zip(request.leads, outcomes, strict=True)):
+        if isinstance(outcome, DomainError):
+            outcome = {
+                "status": REJECTED,
+                "deal_id": None,
+                "owner_id": None,
+                "external_id": getattr(lead, "external_id", None),
+                "replayed": False,
+                "error": _error_dict(outcome),
+            }
+        results.append({"index": index, **outcome})
     return IntakeResult(results=results)
+
+
+def _repeated(
+    request: IntakeRequest, first: IntakeRequest, answer: IntakeResult | DomainError
+) -> IntakeResult | DomainError:
+    """What a request gets whose Idempotency-Key came earlier in the same group: what
+    it would get right after the first one committed."""
+    if request.fingerprint != first.fingerprint:
+        return _key_reused()
+    if isinstance(answer, IntakeResult):
+        return IntakeResult(results=answer.results, replayed=True)
+    return answer  # the first one failed and stored nothing: so does its retry
+
+
+class _RunAlone:
+    """A group's answer to each of its requests when the group's transaction failed."""
+
+
+class _GroupCommit:
+    """Group commit: the single leads that a process's threads post at the same moment
+    share one transaction.
+
+    A lead's fixed cost is in its round trips to PostgreSQL (the same dozen for one
+    lead or a hundred) and the commit's flush to disk, so leads taken together cost
+    little more than one. No lead waits for company: a thread that finds no group
+    running takes its own lead at once, with any queued beside it, and the leads
+    that arrive meanwhile queue for the next group, which one of them runs. The
+    answers are handed out after the commit. If the group's transaction fails
+    (anything but a lead's own error, which is only that lead's answer), nothing of
+    it was stored and each request runs again alone, so that one bad request cannot
+    fail the others.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._queue: list[_Ticket] = []
+        self._running = False  # a group is running
+
+    def take(self, request: IntakeRequest) -> IntakeResult | DomainError:
+        ticket = _Ticket(request)
+        with self._lock:
+            ticket.leads = not self._running
+            if ticket.leads:
+                self._running = True
+            else:
+                self._queue.append(ticket)
+        if not ticket.leads:
+            ticket.ready.wait()  # for its answer, or to run the next group
+        if ticket.leads:
+            self._run_group(ticket)
+        if isinstance(ticket.answer, _RunAlone):
+            return _requests_intake([request])[0]
+        if isinstance(ticket.answer, BaseException):
+            raise ticket.answer
+        return ticket.answer
+
+    def _run_group(self, leader: "_Ticket") -> None:
+        """Run the leader's request with every one queued, in one transaction."""
+        with self._lock:
+            group, self._queue = [leader, *self._queue], []
+        answers = None
+        try:
+            answers = _requests_intake([ticket.request for ticket in group])
+        except Exception as error:
+            answers = [error] if len(group) == 1 else [_RunAlone()] * len(group)
+        finally:
+            if answers is None:  # this thread is being stopped: the others go on alone
+                answers = [_RunAlone()] * len(group)
+            with self._lock:  # the first request that queued meanwhile runs the next group
+                successor = self._queue.pop(0) if self._queue else None
+                if successor is None:
+                    self._running = False
+                else:
+                    successor.leads = True
+            if successor is not None:
+                successor.ready.set()
+            for ticket, answer in zip(group, answers, strict=True):
+                ticket.answer = answer
+                ticket.ready.set()
+
+
+@dataclasses.dataclass(eq=False)
+class _Ticket:
+    request: IntakeRequest
+    ready: threading.Event = dataclasses.field(default_factory=threading.Event)
+    leads: bool = False
+    answer: object = None
+
+
+_group_commit = _GroupCommit()
+
+
+def _key_reused() -> IdempotencyKeyReused:
+    message = _(
+        "This Idempotency-Key was used for a different request. Use a new key for a new request."
+    )
+    return IdempotencyKeyReused(
+        message,
+        fields={"Idempotency-Key": _("Already used for another request body.")},
+    )
 
 
 _RECORD_TABLE = IntakeIdempotencyRecord._meta.db_table
@@ -232,7 +437,8 @@ def _claim_idempotency_key(
 
     If another transaction holds the same key, the insert waits for it (the
     unique constraint); once it commits the insert does nothing and the
-    committed record is read instead (READ COMMITTED sees it).
+    committed record is read instead (READ COMMITTED sees it). One that failed
+    deleted its record: the insert then goes in.
     """
     record = IntakeIdempotencyRecord(client=client.label, key=key, fingerprint=fingerprint)
     created_at = IntakeIdempotencyRecord._meta.get_field("created_at")
@@ -260,68 +466,46 @@ def _claim_idempotency_key(
         [client.label, key],
     )
     if record.fingerprint != fingerprint:
-        raise IdempotencyKeyReused(
-            _(
-                "This Idempotency-Key was used for a different request. "
-                "Use a new key for a new request."
-            ),
-            fields={"Idempotency-Key": _("Already used for another request body.")},
-        )
+        raise _key_reused()
     return record
 
 
 def _take_leads(
-    client: IntakeClient, leads: Sequence[LeadData | InvalidInput], *, raise_on_reject: bool
-) -> list[dict]:
-    funnels: dict[int, FunnelLayout | DomainError] = {}
+    entries: Sequence[tuple[IntakeClient, LeadData | InvalidInput]],
+) -> list[dict | DomainError]:
+    """Each lead's outcome, in order: the leads of one request or of several, each with
+    the client that posted it."""
+    layouts: dict[int, FunnelLayout | None] = {}
     outcomes: dict[int, dict | DomainError] = {}
-    by_funnel: dict[int, list[int]] = {}
-    for index, lead in enumerate(leads):
+    batches: dict[tuple[int, str], tuple[IntakeClient, FunnelLayout, list[int]]] = {}
+    for index, (client, lead) in enumerate(entries):
         if isinstance(lead, DomainError):
             outcomes[index] = lead
             continue
         try:
-            funnel = _target_funnel(client, lead, funnels)
+            layout = _target_funnel(client, lead, layouts)
         except DomainError as error:
             outcomes[index] = error
             continue
-        by_funnel.setdefault(funnel.pk, []).append(index)
-    if raise_on_reject:
-        _raise_first_rejected(outcomes)
-    _lock_leads({pk: [leads[i] for i in indices] for pk, indices in by_funnel.items()})
-    for funnel_id in sorted(by_funnel):  # in id order: two batches never deadlock
-        batch = {index: leads[index] for index in by_funnel[funnel_id]}
-        outcomes.update(
-            _FunnelBatch(client, funnels[funnel_id], batch).take(raise_on_reject=raise_on_reject)
-        )
-
-    results = []
-    for index, lead in enumerate(leads):
-        outcome = outcomes[index]
-        if isinstance(outcome, DomainError):
-            outcome = {
-                "status": REJECTED,
-                "deal_id": None,
-                "owner_id": None,
-                "external_id": getattr(lead, "external_id", None),
-                "replayed": False,
-                "error": _error_dict(outcome),
-            }
-        results.append({"index": index, **outcome})
-    return results
-
-
-def _raise_first_rejected(outcomes: dict[int, dict | DomainError]) -> None:
-    for outcome in outcomes.values():
-        if isinstance(outcome, DomainError):
-            raise lead_error(outcome)
+        batches.setdefault((layout.funnel.pk, client.label), (client, layout, []))[2].append(index)
+    locks: dict[int, list[LeadData]] = {}
+    for (funnel_id, _label), (_client, _layout, indices) in batches.items():
+        locks.setdefault(funnel_id, []).extend(entries[index][1] for index in indices)
+    lock = _lead_locks(locks)
+    # The locks go to PostgreSQL with the first read after them: one round trip.
+    with sent_with_next(*lock) if lock else contextlib.nullcontext():
+        for key in sorted(batches):  # in funnel id order: two transactions never deadlock
+            client, layout, indices = batches[key]
+            batch = {index: entries[index][1] for index in indices}
+            outcomes.update(_FunnelBatch(client, layout, batch).take())
+    return [outcomes[index] for index in range(len(entries))]
 
 
 def _target_funnel(
-    client: IntakeClient, lead: LeadData, cache: dict[int, FunnelLayout | DomainError]
-) -> Funnel:
-    """The lead's funnel, if the client may post into it. ``cache`` keeps each funnel's
-    answer for the request: one read of a funnel for a batch of its leads."""
+    client: IntakeClient, lead: LeadData, layouts: dict[int, FunnelLayout | None]
+) -> FunnelLayout:
+    """The lead's funnel, if the client may post into it. ``layouts`` keeps each funnel
+    read: one read of a funnel for all the leads of a transaction."""
     funnel_id = lead.funnel_id or client.funnel_id
     if funnel_id is None:
         raise InvalidInput(
@@ -333,26 +517,12 @@ def _target_funnel(
             _("This key posts leads only into its own funnel."),
             fields={"funnel": _("Leave it out or give the key's funnel.")},
         )
-    if funnel_id not in cache:
-        try:
-            cache[funnel_id] = _open_funnel(client, funnel_id)
-        except DomainError as error:
-            cache[funnel_id] = error
-    answer = cache[funnel_id]
-    if isinstance(answer, DomainError):
-        raise answer
-    return answer.funnel
-
-
-_MEMBERS_TABLE = Funnel.members.through._meta.db_table
-_USER_COLUMNS = tuple(field.name for field in User._meta.concrete_fields)
-
-
-def _open_funnel(client: IntakeClient, funnel_id: int) -> FunnelLayout:
-    # Hand-written SELECTs here and below: each runs for every request, and building a
-    # queryset's SQL would cost more CPU than PostgreSQL spends running it. The funnel
-    # comes with its stages and templates, for its DealOpener.
-    layout = funnel_layout(funnel_id)
+    if funnel_id not in layouts:
+        # Hand-written SELECTs here and below: each runs for every request, and building
+        # a queryset's SQL would cost more CPU than PostgreSQL spends running it. The
+        # funnel comes with its stages and templates, for its DealOpener.
+        layouts[funnel_id] = funnel_layout(funnel_id)
+    layout = layouts[funnel_id]
     funnel = layout.funnel if layout else None
     if funnel is None:
         raise InvalidInput(
@@ -373,22 +543,27 @@ def _open_funnel(client: IntakeClient, funnel_id: int) -> FunnelLayout:
     return layout
 
 
+_MEMBERS_TABLE = Funnel.members.through._meta.db_table
+_USER_COLUMNS = tuple(field.name for field in User._meta.concrete_fields)
+
+
 def _contact_keys(lead: LeadData) -> list[str]:
     """The keys that make two leads one client: normalised phone and email."""
     phone, email = normalize_phone(lead.contact_phone), normalize_email(lead.contact_email)
     return [key for key in (phone and f"phone:{phone}", email and f"email:{email}") if key]
 
 
-def _lock_leads(leads: dict[int, list[LeadData]]) -> None:
-    """Lock the request's leads (by funnel id) against concurrent twins, all at once and
-    in a fixed order, so that two requests never deadlock.
+def _lead_locks(leads: dict[int, list[LeadData]]) -> tuple[str, list] | None:
+    """The statement that locks the leads (by funnel id) against concurrent twins, all
+    at once and in a fixed order, so that two transactions never deadlock; None if
+    there is nothing to lock.
 
     PostgreSQL advisory locks, one 64-bit number per key: the funnel's id (0 for a
     client's phone or email: clients are shared by all funnels) and a hash of the
     key. A collision only makes two unrelated requests wait for each other.
     """
     if connection.vendor != "postgresql":
-        return  # SQLite takes one writer at a time
+        return None  # SQLite takes one writer at a time
     locks = set()
     for funnel_id, funnel_leads in leads.items():
         for lead in funnel_leads:
@@ -396,13 +571,19 @@ def _lock_leads(leads: dict[int, list[LeadData]]) -> None:
                 locks.add((funnel_id << 32) | zlib.crc32(lead.external_id.encode()))
             locks.update(zlib.crc32(key.encode()) for key in _contact_keys(lead))
     if not locks:
-        return
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(pg_advisory_xact_lock(k)) FROM (SELECT k FROM "
-            "unnest(string_to_array(%s, ',')::bigint[]) AS t(k) ORDER BY k) AS s",
-            [",".join(map(str, sorted(locks)))],
-        )
+        return None
+    return (
+        "SELECT count(pg_advisory_xact_lock(k)) FROM (SELECT k FROM "
+        "unnest(string_to_array(%s, ',')::bigint[]) AS t(k) ORDER BY k) AS s",
+        [",".join(map(str, sorted(locks)))],
+    )
+
+
+# The funnel's id as a query parameter that the planner cannot look up in its
+# statistics: a funnel newer than them (the statistics are refreshed only after a
+# tenth of the table has changed) would be planned as nearly empty, and its lookups
+# would read all of its receipts or deals instead of the few rows they need.
+_FUNNEL = "(SELECT %s)"
 
 
 class _FunnelBatch:
@@ -416,13 +597,11 @@ class _FunnelBatch:
         self.leads = leads
         self.at = timezone.now()
 
-    def take(self, *, raise_on_reject: bool) -> dict[int, dict | DomainError]:
+    def take(self) -> dict[int, dict | DomainError]:
         client, funnel = self.client, self.funnel
         try:
             opener = DealOpener(funnel, at=self.at, layout=self.layout)
         except DomainError as error:  # a funnel without stages takes no lead
-            if raise_on_reject:
-                raise lead_error(error) from None
             return dict.fromkeys(self.leads, error)
         known = self._known_external_ids()
         open_deals = self._open_deals(opener.contacts)
@@ -454,8 +633,6 @@ class _FunnelBatch:
                         external_id=ext,
                     )
                 except DomainError as error:
-                    if raise_on_reject:
-                        raise lead_error(error) from None
                     outcomes[index] = error
                     continue
                 new.append((deal, lead))
@@ -469,8 +646,12 @@ class _FunnelBatch:
                 known[ext] = outcomes[index][:2]
 
         with writes_together():  # the turn, the deals' rows, notes, receipts: one round trip
-            self._assign_turns([deal for deal, lead in new if lead.owner_id is None])
-            opener.save([deal for deal, _lead in new])
+            opener.save(
+                [deal for deal, _lead in new],
+                before_deals=lambda: self._assign_turns(
+                    [deal for deal, lead in new if lead.owner_id is None]
+                ),
+            )
             notes_add_system(notes=notes, at=self.at)
             insert_rows(
                 LeadReceipt,
@@ -507,11 +688,11 @@ class _FunnelBatch:
                 "SELECT r.external_id, r.outcome, r.deal_id, d.owner_id, 0 AS door "
                 f"FROM {LeadReceipt._meta.db_table} r "
                 f"LEFT JOIN {Deal._meta.db_table} d ON d.id = r.deal_id "
-                f"WHERE r.funnel_id = %s AND r.external_id IN ({marks}) "
+                f"WHERE r.funnel_id = {_FUNNEL} AND r.external_id IN ({marks}) "
                 "UNION ALL "
                 "SELECT d.external_id, %s, d.id, d.owner_id, 1 AS door "
                 f"FROM {Deal._meta.db_table} d "
-                f"WHERE d.funnel_id = %s AND d.external_id IN ({marks})",
+                f"WHERE d.funnel_id = {_FUNNEL} AND d.external_id IN ({marks})",
                 [self.funnel.pk, *ids, str(LeadOutcome.CREATED), self.funnel.pk, *ids],
             )
             rows = cursor.fetchall()
@@ -543,7 +724,7 @@ class _FunnelBatch:
             Deal,
             _OPEN_DEAL_COLUMNS,
             f"SELECT {select_list(Deal, _OPEN_DEAL_COLUMNS, 'd')} FROM {Deal._meta.db_table} d "
-            f"WHERE d.funnel_id = %s AND d.status IN (%s, %s) "
+            f"WHERE d.funnel_id = {_FUNNEL} AND d.status IN (%s, %s) "
             f"AND d.contact_id IN ({placeholders(len(contact_ids))}) "
             "ORDER BY d.created_at DESC, d.id DESC",
             [self.funnel.pk, DealStatus.OPEN, DealStatus.POSTPONED, *contact_ids],
@@ -570,22 +751,13 @@ class _FunnelBatch:
 
     def _assign_turns(self, deals: list[Deal]) -> None:
         """Give each deal the next active, present manager after the last one assigned
-        (by id, wrapping), under the funnel's intake row lock."""
+        (by id, wrapping), under the funnel's intake row lock: taken once the clients
+        are written, right before the deals, and held until commit."""
         if not deals:
             return
-        state = _lock_intake_state(self.funnel.pk)
-        rotation = fetch_objects(
-            User,
-            _USER_COLUMNS,
-            f"SELECT {select_list(User, _USER_COLUMNS, 'u')} FROM {User._meta.db_table} u "
-            f"JOIN {_MEMBERS_TABLE} m ON m.user_id = u.id "
-            "WHERE m.funnel_id = %s AND u.is_active AND u.role = %s AND NOT u.is_away "
-            "ORDER BY u.id",
-            [self.funnel.pk, Role.MANAGER],
-        )
+        last, rotation = _lock_intake_state(self.funnel.pk)
         if not rotation:
             return
-        last = state.last_assigned_id or 0
         for deal in deals:
             owner = next((user for user in rotation if user.pk > last), rotation[0])
             deal.owner = owner
@@ -608,19 +780,36 @@ def _newest(deals: list[Deal]) -> Deal | None:
     return max(deals, key=lambda deal: (deal.created_at, deal.pk or float("inf")))
 
 
-def _lock_intake_state(funnel_id: int) -> FunnelIntakeState:
-    """The funnel's intake row, created on first use, locked until commit: one
-    statement (an upsert locks the row it touches on both databases)."""
+_STATE_COLUMNS = ("funnel", "last_assigned")
+
+
+def _lock_intake_state(funnel_id: int) -> tuple[int, list[User]]:
+    """Lock the funnel's intake row (created on first use) until commit; return the id
+    of the last manager assigned (0 for none) and the managers in turn, by id: the
+    funnel's active members with the manager role who are not away. One statement
+    (an upsert locks the row it touches, on both databases)."""
     table = FunnelIntakeState._meta.db_table
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {table} (funnel_id) VALUES (%s) "  # our own table name
-            "ON CONFLICT (funnel_id) DO UPDATE SET funnel_id = EXCLUDED.funnel_id "
-            "RETURNING last_assigned_id",
-            [funnel_id],
-        )
-        (last_assigned_id,) = cursor.fetchone()
-    return FunnelIntakeState(funnel_id=funnel_id, last_assigned_id=last_assigned_id)
+    upsert = (
+        f"INSERT INTO {table} (funnel_id) VALUES (%s) "
+        "ON CONFLICT (funnel_id) DO UPDATE SET funnel_id = EXCLUDED.funnel_id"
+    )
+    if connection.vendor == "postgresql":
+        state = f"WITH state AS ({upsert} RETURNING funnel_id, last_assigned_id) "
+    else:  # SQLite has no INSERT in WITH: two statements (one writer at a time there)
+        with connection.cursor() as cursor:
+            cursor.execute(upsert, [funnel_id])
+        state = f"WITH state AS (SELECT * FROM {table} WHERE funnel_id = %s) "
+    rows = fetch_joined(
+        [(FunnelIntakeState, _STATE_COLUMNS), (User, _USER_COLUMNS)],
+        f"{state}SELECT {select_list(FunnelIntakeState, _STATE_COLUMNS, 'state')}, "
+        f"{select_list(User, _USER_COLUMNS, 'u')} FROM state LEFT JOIN ("
+        f"{User._meta.db_table} u JOIN {_MEMBERS_TABLE} m ON m.user_id = u.id "
+        "AND m.funnel_id = %s AND u.is_active AND u.role = %s AND NOT u.is_away"
+        ") ON TRUE ORDER BY u.id",
+        [funnel_id, funnel_id, Role.MANAGER],
+    )
+    (state, _user), *_rest = rows
+    return state.last_assigned_id or 0, [user for _state, user in rows if user is not None]
 
 
 # ---------------------------------------------------------------- one lead

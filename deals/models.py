@@ -48,8 +48,14 @@ class Contact(models.Model):
 
 
 class Deal(models.Model):
+    # funnel, owner and contact have no index of their own: the indexes below that
+    # start with them serve every lookup, and each index costs every new deal.
     funnel = models.ForeignKey(
-        Funnel, verbose_name=_("funnel"), on_delete=models.PROTECT, related_name="deals"
+        Funnel,
+        verbose_name=_("funnel"),
+        on_delete=models.PROTECT,
+        related_name="deals",
+        db_index=False,
     )
     stage = models.ForeignKey(
         Stage, verbose_name=_("stage"), on_delete=models.PROTECT, related_name="deals"
@@ -65,6 +71,7 @@ class Deal(models.Model):
         null=True,
         blank=True,
         related_name="deals",
+        db_index=False,
     )
     contact = models.ForeignKey(
         Contact,
@@ -73,6 +80,7 @@ class Deal(models.Model):
         null=True,
         blank=True,
         related_name="deals",
+        db_index=False,
     )
     amount = models.DecimalField(
         _("amount"), max_digits=14, decimal_places=2, null=True, blank=True
@@ -425,8 +433,14 @@ class LeadReceipt(models.Model):
     receipt's outcome back instead of a second deal.
     """
 
+    # No index of its own: the lookups by funnel are by external id (the unique
+    # index below), and each index costs every lead.
     funnel = models.ForeignKey(
-        Funnel, verbose_name=_("funnel"), on_delete=models.PROTECT, related_name="+"
+        Funnel,
+        verbose_name=_("funnel"),
+        on_delete=models.PROTECT,
+        related_name="+",
+        db_index=False,
     )
     deal = models.ForeignKey(
         Deal, verbose_name=_("deal"), on_delete=models.PROTECT, related_name="lead_receipts"
@@ -457,8 +471,8 @@ class LeadReceipt(models.Model):
 
 
 class FunnelIntakeState(models.Model):
-    """Per-funnel intake state. Its row lock serialises the intake of one funnel, so
-    round-robin stays fair and two leads of one client never open two deals."""
+    """Per-funnel intake state. Its row lock hands out the round-robin turns one
+    transaction at a time, so that the rotation stays fair."""
 
     funnel = models.OneToOneField(
         Funnel,

@@ -13,7 +13,7 @@ the demo write history in the past; it defaults to now.
 import dataclasses
 import datetime
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from decimal import Decimal, InvalidOperation
 
 from django.db import IntegrityError, connection, transaction
@@ -661,12 +661,20 @@ class DealOpener:
         deal.reached_position = self.stage.position
         return deal
 
-    def save(self, deals: list[Deal], *, actor: User | None = None) -> list[Deal]:
+    def save(
+        self,
+        deals: list[Deal],
+        *,
+        actor: User | None = None,
+        before_deals: Callable[[], None] | None = None,
+    ) -> list[Deal]:
         """Write the prepared deals (and the clients they name) in order; return them.
 
-        An external id already taken in the funnel raises ``Conflict``; the
-        caller's transaction must then roll back (``deal_create``'s own atomic
-        block does).
+        ``before_deals`` runs once the clients are written, just before the deals:
+        the intake hands out its round-robin turns there, so that the funnel's turn
+        stays locked for the shortest time. An external id already taken in the
+        funnel raises ``Conflict``; the caller's transaction must then roll back
+        (``deal_create``'s own atomic block does).
         """
         if not deals:
             return deals
@@ -674,6 +682,8 @@ class DealOpener:
             known_clients = {deal.contact.pk for deal in deals if deal.contact and deal.contact.pk}
             self.contacts.save(used=[deal.contact for deal in deals if deal.contact is not None])
             repeat = facts.repeat_clients(known_clients)  # a new client has no sale yet
+            if before_deals is not None:
+                before_deals()
             for deal in deals:
                 deal.is_repeat_client = deal.contact is not None and deal.contact.pk in repeat
             try:

@@ -433,23 +433,33 @@ def test_awkward_text_is_stored_as_sent(client):
     assert LeadReceipt.objects.get().payload == payload
 
 
-def test_a_single_lead_takes_ten_statements_on_postgresql(client):
+def test_a_single_lead_takes_eight_statements_on_postgresql(client):
     take(client, lead(0))  # the intake row and the funnel's first lead exist
 
     with CaptureQueriesContext(connection) as queries:
         take(client, lead(1, external_id="x-1"))
 
-    # The funnel with its stages and templates, [the advisory locks], the known external
-    # ids, the clients, the intake row (locked), the rotation, the client, the deal, the
-    # webhook subscriptions, then every other write: on PostgreSQL in one round trip
-    # (the turn, history, summaries, receipt), on SQLite one statement each.
+    # The funnel with its stages and templates, the advisory locks with the known
+    # external ids (one round trip), the clients, the new client, the intake row
+    # (locked) with the rotation, the deal, the webhook subscriptions, then every other
+    # write: on PostgreSQL in one round trip (the turn, history, summaries, receipt), on
+    # SQLite one statement each.
     statements = [query["sql"] for query in queries.captured_queries[1:-1]]  # savepoint
     if connection.vendor == "postgresql":
-        assert len(statements) == 10
+        assert len(statements) == 8
+        assert "pg_advisory_xact_lock" in statements[1]
+        assert "r.external_id" in statements[1]
         assert statements[-1].startswith("UPDATE deals_funnelintakestate")
         assert statements[-1].count("INSERT INTO") == 4
     else:
         assert len(statements) == 13
+    # The funnel's turn is locked as late as it can be: after the client is written,
+    # right before the deal.
+    turn = next(i for i, sql in enumerate(statements) if "deals_funnelintakestate" in sql)
+    assert 'INSERT INTO "deals_contact"' in statements[turn - 1]
+    deal = next(i for i, sql in enumerate(statements) if sql.startswith('INSERT INTO "deals_deal"'))
+    assert turn < deal
+    assert all("state" in sql for sql in statements[turn:deal])  # SQLite: three for the turn
 
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="writes_together is PostgreSQL's")

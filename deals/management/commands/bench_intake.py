@@ -107,11 +107,14 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--clients", type=int, default=8, help="Concurrent client threads.")
+        parser.add_argument("--clients", type=int, default=16, help="Concurrent client threads.")
         parser.add_argument("--duration", type=float, default=10.0, help="Seconds per run.")
         parser.add_argument("--batch-size", type=int, default=100)
         parser.add_argument("--rate", type=float, default=100.0, help="Requests/s, paced run.")
-        parser.add_argument("--workers", type=int, default=4, help="gunicorn workers.")
+        parser.add_argument("--workers", type=int, default=2, help="gunicorn workers.")
+        parser.add_argument(
+            "--threads", type=int, default=8, help="Threads per gunicorn worker (gthread)."
+        )
 
     def handle(self, *args, **options):
         if connection.vendor != "postgresql":
@@ -132,7 +135,7 @@ class Command(BaseCommand):
         port = _free_port()
         log_path = Path(tempfile.gettempdir()) / f"{tag}-gunicorn.log"
         with open(log_path, "wb") as log:
-            server = self._start_gunicorn(port, options["workers"], log)
+            server = self._start_gunicorn(port, options["workers"], options["threads"], log)
             try:
                 self._wait_until_up(port, server, log_path)
                 headers = {
@@ -161,6 +164,7 @@ class Command(BaseCommand):
         report = {
             "database": connection.settings_dict["NAME"],
             "gunicorn_workers": options["workers"],
+            "gunicorn_threads": options["threads"],
             "clients": clients,
             "funnel_id": funnel.pk,
             "runs": runs,
@@ -197,7 +201,7 @@ class Command(BaseCommand):
         _, raw_key = api_key_create(name=tag, scopes=[ApiScope.LEADS_WRITE], funnel=funnel)
         return funnel, raw_key
 
-    def _start_gunicorn(self, port: int, workers: int, log) -> subprocess.Popen:
+    def _start_gunicorn(self, port: int, workers: int, threads: int, log) -> subprocess.Popen:
         gunicorn = Path(sys.executable).parent / "gunicorn"
         env = {
             **os.environ,
@@ -218,6 +222,12 @@ class Command(BaseCommand):
                 f"127.0.0.1:{port}",
                 "-w",
                 str(max(1, min(workers, 16))),
+                # As in docker-compose.yml: threaded workers, whose concurrent single
+                # leads share a transaction (deals.intake's group commit).
+                "--worker-class",
+                "gthread",
+                "--threads",
+                str(max(1, min(threads, 64))),
                 "--timeout",
                 "60",
             ],

@@ -1,0 +1,267 @@
+"""Group commit (deals/intake.py): concurrent single leads of one process share one
+transaction, and each request still gets what it would have got alone."""
+
+import threading
+
+import pytest
+
+from crm.errors import Forbidden, InvalidInput
+from deals import intake
+from deals.intake import (
+    IdempotencyKeyReused,
+    IntakeClient,
+    IntakeRequest,
+    IntakeResult,
+    LeadData,
+    lead_intake,
+)
+from deals.models import Deal, IntakeIdempotencyRecord, LeadReceipt, Note
+from tests.factories import FunnelFactory, UserFactory
+
+# ---------------------------------------------------------------- several requests, one transaction
+
+
+@pytest.fixture
+def client(funnel):
+    return IntakeClient(label="key:1", funnel_id=funnel.pk)
+
+
+def lead(n: int, **values) -> LeadData:
+    return LeadData(
+        **{"contact_name": f"Client {n}", "contact_phone": f"+7 900 000 00 {n:02d}"} | values
+    )
+
+
+def single(client, one: LeadData, key: str | None = None, fingerprint: str = "") -> IntakeRequest:
+    return IntakeRequest(client, [one], key, fingerprint or (key or ""), raise_on_reject=True)
+
+
+@pytest.mark.django_db
+def test_each_request_of_a_group_gets_its_own_deal_in_turn(manager, other_manager):
+    third = UserFactory(username="third")
+    funnel = FunnelFactory(members=[manager, other_manager, third])
+    client = IntakeClient(label="key:1", funnel_id=funnel.pk)
+
+    answers = intake._requests_intake([single(client, lead(n)) for n in range(4)])
+
+    deals = {deal.pk: deal for deal in Deal.objects.all()}
+    assert [answer.results[0]["status"] for answer in answers] == ["created"] * 4
+    assert [answer.results[0]["index"] for answer in answers] == [0, 0, 0, 0]
+    owners = [deals[answer.results[0]["deal_id"]].owner_id for answer in answers]
+    assert owners == [manager.pk, other_manager.pk, third.pk, manager.pk]
+    assert LeadReceipt.objects.count() == 4
+
+
+@pytest.mark.django_db
+def test_the_same_idempotency_key_twice_in_a_group_makes_one_deal(client):
+    answers = intake._requests_intake(
+        [
+            single(client, lead(1), key="k-1", fingerprint="body-1"),
+            single(client, lead(2), key="k-2", fingerprint="body-2"),
+            single(client, lead(1), key="k-1", fingerprint="body-1"),
+        ]
+    )
+
+    first, other, retry = answers
+    assert Deal.objects.count() == 2
+    assert not first.replayed
+    assert retry.replayed
+    assert retry.results == first.results
+    assert other.results[0]["deal_id"] != first.results[0]["deal_id"]
+    stored = IntakeIdempotencyRecord.objects.get(key="k-1")
+    assert stored.result == {"results": first.results}
+
+
+@pytest.mark.django_db
+def test_an_idempotency_key_reused_with_another_body_in_a_group_is_refused(client):
+    first, reused = intake._requests_intake(
+        [
+            single(client, lead(1), key="k-1", fingerprint="body-1"),
+            single(client, lead(2), key="k-1", fingerprint="body-2"),
+        ]
+    )
+
+    assert first.results[0]["status"] == "created"
+    assert isinstance(reused, IdempotencyKeyReused)
+    assert Deal.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_the_same_external_id_twice_in_a_group_makes_one_deal(client):
+    first, retry = intake._requests_intake(
+        [
+            single(client, lead(1, external_id="form-1")),
+            single(client, lead(1, external_id="form-1")),
+        ]
+    )
+
+    assert Deal.objects.count() == 1
+    assert first.results[0]["status"] == "created"
+    assert retry.results[0]["deal_id"] == first.results[0]["deal_id"]
+    assert retry.results[0]["replayed"] is True
+
+
+@pytest.mark.django_db
+def test_a_clients_second_lead_in_a_group_is_attached_to_his_first(client):
+    first, second = intake._requests_intake(
+        [single(client, lead(1, title="Call me")), single(client, lead(1, title="Again"))]
+    )
+
+    assert Deal.objects.count() == 1
+    assert second.results[0]["status"] == "attached"
+    assert second.results[0]["deal_id"] == first.results[0]["deal_id"]
+    assert Note.objects.filter(deal_id=first.results[0]["deal_id"]).count() == 1
+
+
+@pytest.mark.django_db
+def test_a_rejected_lead_fails_alone_and_keeps_no_idempotency_record(client):
+    good, bad = intake._requests_intake(
+        [
+            single(client, lead(1), key="k-good"),
+            single(client, LeadData(contact_phone="12"), key="k-bad"),
+        ]
+    )
+
+    assert good.results[0]["status"] == "created"
+    assert isinstance(bad, InvalidInput)
+    assert "contact.phone" in bad.fields
+    assert Deal.objects.count() == 1
+    assert list(IntakeIdempotencyRecord.objects.values_list("key", flat=True)) == ["k-good"]
+
+    # Fixed and sent again with the same key: taken, as after a rollback.
+    (retry,) = intake._requests_intake([single(client, lead(2), key="k-bad")])
+    assert retry.results[0]["status"] == "created"
+    assert Deal.objects.count() == 2
+
+
+@pytest.mark.django_db
+def test_requests_of_several_clients_and_funnels_share_a_group(funnel, manager):
+    other = FunnelFactory(name="Other", members=[manager])
+    site = IntakeClient(label="key:1", funnel_id=funnel.pk)
+    ads = IntakeClient(label="key:2", funnel_id=other.pk)
+
+    answers = intake._requests_intake(
+        [single(site, lead(1)), single(ads, lead(1)), single(ads, lead(2, funnel_id=funnel.pk))]
+    )
+
+    assert answers[0].results[0]["status"] == "created"
+    assert answers[1].results[0]["status"] == "created"  # the same client, another funnel
+    assert isinstance(answers[2], Forbidden)  # this key posts into its own funnel only
+    assert sorted(Deal.objects.values_list("funnel_id", flat=True)) == [funnel.pk, other.pk]
+
+
+# ---------------------------------------------------------------- the threads
+
+
+def _ok(request: IntakeRequest) -> IntakeResult:
+    return IntakeResult(results=[{"index": 0, "status": "created", "lead": request.leads[0]}])
+
+
+class _Recorder:
+    """Stands in for ``_requests_intake``: records each group; the first one waits until
+    released, so that the others queue behind it."""
+
+    def __init__(self, fail_groups_over: int | None = None):
+        self.groups: list[list[IntakeRequest]] = []
+        self.alone: list[IntakeRequest] = []
+        self.first_running = threading.Event()
+        self.release = threading.Event()
+        self.fail_groups_over = fail_groups_over
+        self.lock = threading.Lock()
+
+    def __call__(self, requests):
+        with self.lock:
+            first = not self.groups and not self.alone
+            if len(requests) == 1 and self.groups and self.fail_groups_over is not None:
+                self.alone.append(requests[0])
+            else:
+                self.groups.append(list(requests))
+        if first:
+            self.first_running.set()
+            assert self.release.wait(10)
+        if self.fail_groups_over is not None and len(requests) > self.fail_groups_over:
+            raise RuntimeError("the group's transaction failed")
+        return [_ok(request) for request in requests]
+
+
+def _post_concurrently(recorder, monkeypatch, count: int) -> list:
+    monkeypatch.setattr(intake, "_requests_intake", recorder)
+    committer = intake._GroupCommit()
+    client = IntakeClient(label="key:1", funnel_id=1)
+    answers: list = [None] * count
+
+    def post(n: int) -> None:
+        try:
+            answers[n] = committer.take(single(client, lead(n)))
+        except Exception as error:  # the test looks at it
+            answers[n] = error
+
+    first = threading.Thread(target=post, args=(0,))
+    first.start()
+    assert recorder.first_running.wait(10)
+    others = [threading.Thread(target=post, args=(n,)) for n in range(1, count)]
+    for thread in others:
+        thread.start()
+    # The others queue behind the running group.
+    for _ in range(1000):
+        if len(committer._queue) == count - 1:
+            break
+        threading.Event().wait(0.005)
+    assert len(committer._queue) == count - 1
+    recorder.release.set()
+    for thread in [first, *others]:
+        thread.join(10)
+    assert not committer._running and not committer._queue
+    return answers
+
+
+def test_leads_that_arrive_while_a_group_runs_go_together_in_the_next(monkeypatch):
+    recorder = _Recorder()
+
+    answers = _post_concurrently(recorder, monkeypatch, 6)
+
+    assert [len(group) for group in recorder.groups] == [1, 5]
+    # Each thread gets the answer to its own lead.
+    assert [answer.results[0]["lead"].contact_name for answer in answers] == [
+        f"Client {n}" for n in range(6)
+    ]
+
+
+def test_if_a_groups_transaction_fails_each_request_runs_again_alone(monkeypatch):
+    recorder = _Recorder(fail_groups_over=1)
+
+    answers = _post_concurrently(recorder, monkeypatch, 4)
+
+    assert [len(group) for group in recorder.groups] == [1, 3]
+    assert sorted(request.leads[0].contact_name for request in recorder.alone) == [
+        "Client 1",
+        "Client 2",
+        "Client 3",
+    ]
+    assert all(isinstance(answer, IntakeResult) for answer in answers)
+
+
+def test_a_lone_requests_failure_is_its_own(monkeypatch):
+    def broken(requests):
+        raise RuntimeError("database gone")
+
+    monkeypatch.setattr(intake, "_requests_intake", broken)
+    committer = intake._GroupCommit()
+
+    with pytest.raises(RuntimeError, match="database gone"):
+        committer.take(single(IntakeClient(label="key:1", funnel_id=1), lead(1)))
+    assert not committer._running  # the next request is not stuck behind it
+
+
+@pytest.mark.django_db
+def test_inside_a_transaction_a_lead_is_taken_alone(client, monkeypatch):
+    # Another thread's lead must never end up in a transaction that its caller may
+    # still roll back.
+    def no_group(request):
+        raise AssertionError("grouped inside a transaction")
+
+    monkeypatch.setattr(intake._group_commit, "take", no_group)
+
+    result = lead_intake(client=client, leads=[lead(1)])
+
+    assert result.results[0]["status"] == "created"
