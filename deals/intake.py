@@ -35,13 +35,14 @@ funnel is checked here, from the ``IntakeClient``.
 
 import contextlib
 import dataclasses
+import logging
 import threading
 import zlib
 from collections.abc import Sequence
 from decimal import Decimal
 
 from django.db import connection, transaction
-from django.utils import timezone
+from django.utils import timezone, translation
 from django.utils.translation import gettext as _
 
 from accounts.models import ApiKey, Role, User
@@ -77,6 +78,8 @@ from deals.services import (
     works_funnel,
 )
 from funnels.models import Funnel
+
+logger = logging.getLogger(__name__)
 
 MAX_BATCH = 1000
 REJECTED = "rejected"
@@ -226,7 +229,7 @@ def lead_intake(
     outcome is the one it would have had alone.
     """
     request = IntakeRequest(client, leads, idempotency_key, fingerprint, raise_on_reject)
-    if len(leads) == 1 and not connection.in_atomic_block:
+    if len(leads) == 1 and connection.get_autocommit():  # never in the caller's transaction
         answer = _group_commit.take(request)
     else:
         answer = _requests_intake([request])[0]
@@ -240,11 +243,12 @@ def _requests_intake(requests: Sequence[IntakeRequest]) -> list[IntakeResult | D
     """Take several requests in one transaction; return each one's result or error.
 
     Each request gets what it would have got alone, one after the other in the
-    given order: a repeated ``Idempotency-Key`` gets the first one's result (or
-    ``IdempotencyKeyReused``), a repeated ``external_id`` its first outcome, a
-    client's second lead is attached to the deal his first one opened. A request
-    that fails (a rejected single lead) stores nothing, its idempotency record
-    included.
+    given order: a repeated ``external_id`` gets its first outcome, a client's
+    second lead is attached to the deal his first one opened. Where that is not
+    sure, for a group (several requests) it raises ``_SplitGroup`` and stores
+    nothing: an ``Idempotency-Key`` twice, or a request that fails (a rejected
+    single lead stores nothing, not even its idempotency record, but it may have
+    touched the client that a later lead of the group uses).
     """
     answers: list[IntakeResult | DomainError | None] = [None] * len(requests)
     records: dict[int, IntakeIdempotencyRecord] = {}
@@ -285,8 +289,8 @@ def _requests_intake(requests: Sequence[IntakeRequest]) -> list[IntakeResult | D
         request = requests[index]
         answers[index] = _answer(request, [next(outcomes) for _lead in request.leads])
 
-    for index, first in repeats.items():
-        answers[index] = _repeated(requests[index], requests[first], answers[first])
+    if repeats or (len(requests) > 1 and any(isinstance(a, DomainError) for a in answers)):
+        raise _SplitGroup  # rolls the group back: each request runs again alone
     stored, failed = [], []
     for index, record in records.items():
         answer = answers[index]
@@ -326,16 +330,8 @@ def _answer(
     return IntakeResult(results=results)
 
 
-def _repeated(
-    request: IntakeRequest, first: IntakeRequest, answer: IntakeResult | DomainError
-) -> IntakeResult | DomainError:
-    """What a request gets whose Idempotency-Key came earlier in the same group: what
-    it would get right after the first one committed."""
-    if request.fingerprint != first.fingerprint:
-        return _key_reused()
-    if isinstance(answer, IntakeResult):
-        return IntakeResult(results=answer.results, replayed=True)
-    return answer  # the first one failed and stored nothing: so does its retry
+class _SplitGroup(Exception):  # a signal: run each request alone
+    """A group whose requests must each run alone (see ``_requests_intake``)."""
 
 
 class _RunAlone:
@@ -381,14 +377,21 @@ class _GroupCommit:
         return ticket.answer
 
     def _run_group(self, leader: "_Ticket") -> None:
-        """Run the leader's request with every one queued, in one transaction."""
+        """Run the leader's request with every one queued in the same language (its
+        messages, deal titles and notes are in it), in one transaction."""
         with self._lock:
-            group, self._queue = [leader, *self._queue], []
+            group = [leader, *(t for t in self._queue if t.language == leader.language)]
+            self._queue = [t for t in self._queue if t.language != leader.language]
         answers = None
         try:
             answers = _requests_intake([ticket.request for ticket in group])
         except Exception as error:
-            answers = [error] if len(group) == 1 else [_RunAlone()] * len(group)
+            if len(group) == 1:
+                answers = [error]
+            else:
+                if not isinstance(error, _SplitGroup):
+                    logger.warning("A group of %s leads failed; each runs alone", len(group))
+                answers = [_RunAlone()] * len(group)
         finally:
             if answers is None:  # this thread is being stopped: the others go on alone
                 answers = [_RunAlone()] * len(group)
@@ -408,6 +411,7 @@ class _GroupCommit:
 @dataclasses.dataclass(eq=False)
 class _Ticket:
     request: IntakeRequest
+    language: str | None = dataclasses.field(default_factory=translation.get_language)
     ready: threading.Event = dataclasses.field(default_factory=threading.Event)
     leads: bool = False
     answer: object = None

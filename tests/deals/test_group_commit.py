@@ -4,8 +4,9 @@ transaction, and each request still gets what it would have got alone."""
 import threading
 
 import pytest
+from django.utils import translation
 
-from crm.errors import Forbidden, InvalidInput
+from crm.errors import InvalidInput
 from deals import intake
 from deals.intake import (
     IdempotencyKeyReused,
@@ -15,7 +16,7 @@ from deals.intake import (
     LeadData,
     lead_intake,
 )
-from deals.models import Deal, IntakeIdempotencyRecord, LeadReceipt, Note
+from deals.models import Contact, Deal, IntakeIdempotencyRecord, LeadReceipt, Note
 from tests.factories import FunnelFactory, UserFactory
 
 # ---------------------------------------------------------------- several requests, one transaction
@@ -53,40 +54,6 @@ def test_each_request_of_a_group_gets_its_own_deal_in_turn(manager, other_manage
 
 
 @pytest.mark.django_db
-def test_the_same_idempotency_key_twice_in_a_group_makes_one_deal(client):
-    answers = intake._requests_intake(
-        [
-            single(client, lead(1), key="k-1", fingerprint="body-1"),
-            single(client, lead(2), key="k-2", fingerprint="body-2"),
-            single(client, lead(1), key="k-1", fingerprint="body-1"),
-        ]
-    )
-
-    first, other, retry = answers
-    assert Deal.objects.count() == 2
-    assert not first.replayed
-    assert retry.replayed
-    assert retry.results == first.results
-    assert other.results[0]["deal_id"] != first.results[0]["deal_id"]
-    stored = IntakeIdempotencyRecord.objects.get(key="k-1")
-    assert stored.result == {"results": first.results}
-
-
-@pytest.mark.django_db
-def test_an_idempotency_key_reused_with_another_body_in_a_group_is_refused(client):
-    first, reused = intake._requests_intake(
-        [
-            single(client, lead(1), key="k-1", fingerprint="body-1"),
-            single(client, lead(2), key="k-1", fingerprint="body-2"),
-        ]
-    )
-
-    assert first.results[0]["status"] == "created"
-    assert isinstance(reused, IdempotencyKeyReused)
-    assert Deal.objects.count() == 1
-
-
-@pytest.mark.django_db
 def test_the_same_external_id_twice_in_a_group_makes_one_deal(client):
     first, retry = intake._requests_intake(
         [
@@ -114,24 +81,61 @@ def test_a_clients_second_lead_in_a_group_is_attached_to_his_first(client):
 
 
 @pytest.mark.django_db
-def test_a_rejected_lead_fails_alone_and_keeps_no_idempotency_record(client):
-    good, bad = intake._requests_intake(
-        [
-            single(client, lead(1), key="k-good"),
-            single(client, LeadData(contact_phone="12"), key="k-bad"),
-        ]
+@pytest.mark.parametrize(
+    "requests",
+    [
+        pytest.param(
+            lambda c: [single(c, lead(1), "k-1", "body-1"), single(c, lead(1), "k-1", "body-1")],
+            id="a key twice",
+        ),
+        pytest.param(
+            lambda c: [single(c, lead(1), "k-1", "body-1"), single(c, lead(2), "k-1", "body-2")],
+            id="a key reused with another body",
+        ),
+    ],
+)
+def test_a_group_that_cannot_be_sure_of_the_lone_outcome_is_split(client, requests):
+    with pytest.raises(intake._SplitGroup):
+        intake._requests_intake(requests(client))
+
+    assert Deal.objects.count() == 0
+    assert Contact.objects.count() == 0
+    assert IntakeIdempotencyRecord.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_a_rejected_lead_splits_its_group_and_alone_leaves_no_trace(manager):
+    funnel = FunnelFactory(
+        members=[manager], stages=[{"name": "S1", "required_fields": ["source"]}]
     )
+    client = IntakeClient(label="key:1", funnel_id=funnel.pk)
+    phone = "+7 900 000 00 01"
+    # Rejected (no source) after naming a client that the next lead shares: alone it
+    # stores nothing, so it must not name that client in a group either.
+    ann = single(client, LeadData(contact_name="Ann", contact_phone=phone), "k-ann")
+    bob = single(client, LeadData(contact_name="Bob", contact_phone=phone, source="site"))
 
-    assert good.results[0]["status"] == "created"
-    assert isinstance(bad, InvalidInput)
-    assert "contact.phone" in bad.fields
+    with pytest.raises(intake._SplitGroup):
+        intake._requests_intake([ann, bob])
+    assert (Deal.objects.count(), Contact.objects.count()) == (0, 0)
+
+    # What the threads of a split group do next: each runs its request alone.
+    rejected, created = [intake._requests_intake([request])[0] for request in (ann, bob)]
+    assert isinstance(rejected, InvalidInput)
+    assert created.results[0]["status"] == "created"
+    assert Contact.objects.get().name == "Bob"
+    assert IntakeIdempotencyRecord.objects.count() == 0  # the rejected one's key is free
+
+
+@pytest.mark.django_db
+def test_alone_after_the_split_a_reused_key_is_refused(client):
+    first = single(client, lead(1), "k-1", "body-1")
+    reused = single(client, lead(2), "k-1", "body-2")
+    answers = [intake._requests_intake([request])[0] for request in (first, reused)]
+
+    assert answers[0].results[0]["status"] == "created"
+    assert isinstance(answers[1], IdempotencyKeyReused)
     assert Deal.objects.count() == 1
-    assert list(IntakeIdempotencyRecord.objects.values_list("key", flat=True)) == ["k-good"]
-
-    # Fixed and sent again with the same key: taken, as after a rollback.
-    (retry,) = intake._requests_intake([single(client, lead(2), key="k-bad")])
-    assert retry.results[0]["status"] == "created"
-    assert Deal.objects.count() == 2
 
 
 @pytest.mark.django_db
@@ -140,13 +144,10 @@ def test_requests_of_several_clients_and_funnels_share_a_group(funnel, manager):
     site = IntakeClient(label="key:1", funnel_id=funnel.pk)
     ads = IntakeClient(label="key:2", funnel_id=other.pk)
 
-    answers = intake._requests_intake(
-        [single(site, lead(1)), single(ads, lead(1)), single(ads, lead(2, funnel_id=funnel.pk))]
-    )
+    answers = intake._requests_intake([single(site, lead(1)), single(ads, lead(1))])
 
     assert answers[0].results[0]["status"] == "created"
     assert answers[1].results[0]["status"] == "created"  # the same client, another funnel
-    assert isinstance(answers[2], Forbidden)  # this key posts into its own funnel only
     assert sorted(Deal.objects.values_list("funnel_id", flat=True)) == [funnel.pk, other.pk]
 
 
@@ -184,7 +185,7 @@ class _Recorder:
         return [_ok(request) for request in requests]
 
 
-def _post_concurrently(recorder, monkeypatch, count: int) -> list:
+def _post_concurrently(recorder, monkeypatch, count: int, languages=None) -> list:
     monkeypatch.setattr(intake, "_requests_intake", recorder)
     committer = intake._GroupCommit()
     client = IntakeClient(label="key:1", funnel_id=1)
@@ -192,7 +193,8 @@ def _post_concurrently(recorder, monkeypatch, count: int) -> list:
 
     def post(n: int) -> None:
         try:
-            answers[n] = committer.take(single(client, lead(n)))
+            with translation.override(languages[n] if languages else "en"):
+                answers[n] = committer.take(single(client, lead(n)))
         except Exception as error:  # the test looks at it
             answers[n] = error
 
@@ -225,6 +227,16 @@ def test_leads_that_arrive_while_a_group_runs_go_together_in_the_next(monkeypatc
     assert [answer.results[0]["lead"].contact_name for answer in answers] == [
         f"Client {n}" for n in range(6)
     ]
+
+
+def test_only_leads_in_the_same_language_share_a_group(monkeypatch):
+    # The group's messages, deal titles and notes are in its thread's language.
+    recorder = _Recorder()
+
+    _post_concurrently(recorder, monkeypatch, 5, languages=["en", "ru", "en", "ru", "en"])
+
+    names = [[request.leads[0].contact_name[-1] for request in g] for g in recorder.groups]
+    assert sorted(sorted(group) for group in names) == [["0"], ["1", "3"], ["2", "4"]]
 
 
 def test_if_a_groups_transaction_fails_each_request_runs_again_alone(monkeypatch):
