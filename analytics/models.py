@@ -16,8 +16,14 @@ class StageReach(models.Model):
     """The moment a deal first reached the stage at ``position`` (entered it,
     skipped over it, or was won). A backward move never removes a row."""
 
-    deal = models.ForeignKey("deals.Deal", on_delete=models.CASCADE, related_name="reaches")
-    funnel = models.ForeignKey("funnels.Funnel", on_delete=models.CASCADE, related_name="+")
+    # No index of their own: ``stagereach_once`` starts with the deal and the indexes
+    # below with the funnel, and each index costs every new deal.
+    deal = models.ForeignKey(
+        "deals.Deal", on_delete=models.CASCADE, related_name="reaches", db_index=False
+    )
+    funnel = models.ForeignKey(
+        "funnels.Funnel", on_delete=models.CASCADE, related_name="+", db_index=False
+    )
     # The deal's entry into the funnel (its created_at), so cohort windows need no join.
     entered_at = models.DateTimeField()
     position = models.PositiveIntegerField()
@@ -70,7 +76,10 @@ class StageTime(models.Model):
     the deal is in the stage (an unfinished visit is not a sample).
     """
 
-    deal = models.ForeignKey("deals.Deal", on_delete=models.CASCADE, related_name="stage_times")
+    # No index of its own: ``stagetime_once`` starts with it.
+    deal = models.ForeignKey(
+        "deals.Deal", on_delete=models.CASCADE, related_name="stage_times", db_index=False
+    )
     funnel = models.ForeignKey("funnels.Funnel", on_delete=models.CASCADE, related_name="+")
     stage = models.ForeignKey("funnels.Stage", on_delete=models.CASCADE, related_name="+")
     # The deal's current owner, kept on reassignment, so per-manager time in stage needs no join.

@@ -156,6 +156,10 @@ def sent_with_next(sql: str, params: Sequence = ()):
         send_alone()
 
 
+# From this many rows, ``insert_rows`` writes with COPY at once instead of waiting.
+COPY_FROM = 10
+
+
 def insert_rows(
     model: type[models.Model], columns: Sequence[str], rows: Iterable[Sequence]
 ) -> None:
@@ -165,7 +169,10 @@ def insert_rows(
     if not rows:
         return
     pending = _pending.get()
-    if pending is None:
+    if pending is None or len(rows) >= COPY_FROM:
+        # Many rows go in at once with COPY, whose rows psycopg writes in C: quoting
+        # the arrays of a deferred write costs more, in Python, than a round trip.
+        # The foreign keys are checked at commit, so the order does not matter.
         _write_rows(model, columns, rows)
         return
     _names, prep = _prep(model, columns)

@@ -34,11 +34,18 @@ class Contact(models.Model):
     phone = models.CharField(_("phone"), max_length=40, blank=True)
     email = models.EmailField(_("email"), blank=True)
     company = models.CharField(_("company"), max_length=200, blank=True)
-    phone_normalized = models.CharField(max_length=20, blank=True, db_index=True, editable=False)
-    email_normalized = models.CharField(max_length=254, blank=True, db_index=True, editable=False)
+    phone_normalized = models.CharField(max_length=20, blank=True, editable=False)
+    email_normalized = models.CharField(max_length=254, blank=True, editable=False)
     created_at = models.DateTimeField(_("created at"), default=timezone.now)
 
     class Meta:
+        # Plain indexes for the lookups by exact value: a field's db_index would add a
+        # second, prefix-search index on PostgreSQL, which no query uses (the client
+        # search matches inside the value), and each index costs every new client.
+        indexes = [
+            models.Index(fields=["phone_normalized"], name="contact_phone_idx"),
+            models.Index(fields=["email_normalized"], name="contact_email_idx"),
+        ]
         ordering = ["name"]
         verbose_name = _("client")
         verbose_name_plural = _("clients")
@@ -243,8 +250,13 @@ class _AppendOnly(models.Model):
 class StageChange(_AppendOnly):
     """A deal entering a stage. Creating a deal writes one with no ``from_stage``."""
 
+    # No index of its own: ``stagechange_deal_at_idx`` starts with it.
     deal = models.ForeignKey(
-        Deal, verbose_name=_("deal"), on_delete=models.PROTECT, related_name="stage_changes"
+        Deal,
+        verbose_name=_("deal"),
+        on_delete=models.PROTECT,
+        related_name="stage_changes",
+        db_index=False,
     )
     from_stage = models.ForeignKey(
         Stage,
@@ -334,12 +346,14 @@ class Task(models.Model):
     deal = models.ForeignKey(
         Deal, verbose_name=_("deal"), on_delete=models.PROTECT, related_name="tasks"
     )
+    # No index of its own: ``task_todo_idx`` starts with it.
     assignee = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         verbose_name=_("assignee"),
         on_delete=models.PROTECT,
         null=True,
         blank=True,
+        db_index=False,
         related_name="tasks",
     )
     title = models.CharField(_("title"), max_length=200)

@@ -110,6 +110,13 @@ class Command(BaseCommand):
         parser.add_argument("--clients", type=int, default=16, help="Concurrent client threads.")
         parser.add_argument("--duration", type=float, default=10.0, help="Seconds per run.")
         parser.add_argument("--batch-size", type=int, default=100)
+        parser.add_argument(
+            "--runs",
+            nargs="+",
+            choices=["single", "batch", "paced"],
+            default=["single", "batch", "paced"],
+            help="Which runs, in this order.",
+        )
         parser.add_argument("--rate", type=float, default=100.0, help="Requests/s, paced run.")
         parser.add_argument("--workers", type=int, default=2, help="gunicorn workers.")
         parser.add_argument(
@@ -146,14 +153,19 @@ class Command(BaseCommand):
                 }
                 smoke = self._smoke(port, headers, leads)
                 common = {"clients": clients, "duration": duration}
+                plans = {
+                    "single": {"batch_size": None},
+                    "batch": {"batch_size": batch_size},
+                    "paced": {"batch_size": None, "rate": rate},
+                }
+                names = {
+                    "single": "single",
+                    "batch": f"batch_{batch_size}",
+                    "paced": f"paced_{rate:g}_per_s",
+                }
                 runs = {
-                    "single": self._run(port, headers, leads, batch_size=None, **common),
-                    f"batch_{batch_size}": self._run(
-                        port, headers, leads, batch_size=batch_size, **common
-                    ),
-                    f"paced_{rate:g}_per_s": self._run(
-                        port, headers, leads, batch_size=None, rate=rate, **common
-                    ),
+                    names[run]: self._run(port, headers, leads, **plans[run], **common)
+                    for run in options["runs"]
                 }
             finally:
                 self._stop(server)
