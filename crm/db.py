@@ -115,9 +115,10 @@ def sent_with_next(sql: str, params: Sequence = ()):
 
     They still run one after the other, and under READ COMMITTED each statement
     sees what committed before it started: a read sent with the locks it must wait
-    for sees what their holders wrote. On SQLite, with server-side binding, or
-    before an ``executemany``, ``sql`` runs on its own; if nothing runs inside the
-    block, it runs when the block ends.
+    for sees what their holders wrote. Use it inside a transaction (a lock taken in
+    autocommit ends with its statement). On SQLite, with server-side binding, or
+    before an ``executemany`` or a server-side cursor, ``sql`` runs on its own; if
+    nothing runs inside the block, it runs when the block ends.
     """
     state = {"sent": False}
 
@@ -140,7 +141,8 @@ def sent_with_next(sql: str, params: Sequence = ()):
     def together(execute, query, query_params, many, context):
         if state["sent"]:
             return execute(query, query_params, many, context)
-        if many or not isinstance(query_params, list | tuple):
+        named = getattr(context["cursor"].cursor, "name", None)  # a server-side cursor
+        if many or named or not isinstance(query_params, list | tuple):
             send_alone(context["cursor"])
             return execute(query, query_params, many, context)
         state["sent"] = True

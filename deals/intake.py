@@ -790,28 +790,27 @@ _STATE_COLUMNS = ("funnel", "last_assigned")
 def _lock_intake_state(funnel_id: int) -> tuple[int, list[User]]:
     """Lock the funnel's intake row (created on first use) until commit; return the id
     of the last manager assigned (0 for none) and the managers in turn, by id: the
-    funnel's active members with the manager role who are not away. One statement
-    (an upsert locks the row it touches, on both databases)."""
+    funnel's active members with the manager role who are not away.
+
+    An upsert locks the row it touches, on both databases. On PostgreSQL it goes in
+    the same round trip as the read, which runs after it: it sees the row and the
+    members as they are once the lock is held.
+    """
     table = FunnelIntakeState._meta.db_table
     upsert = (
         f"INSERT INTO {table} (funnel_id) VALUES (%s) "
         "ON CONFLICT (funnel_id) DO UPDATE SET funnel_id = EXCLUDED.funnel_id"
     )
-    if connection.vendor == "postgresql":
-        state = f"WITH state AS ({upsert} RETURNING funnel_id, last_assigned_id) "
-    else:  # SQLite has no INSERT in WITH: two statements (one writer at a time there)
-        with connection.cursor() as cursor:
-            cursor.execute(upsert, [funnel_id])
-        state = f"WITH state AS (SELECT * FROM {table} WHERE funnel_id = %s) "
-    rows = fetch_joined(
-        [(FunnelIntakeState, _STATE_COLUMNS), (User, _USER_COLUMNS)],
-        f"{state}SELECT {select_list(FunnelIntakeState, _STATE_COLUMNS, 'state')}, "
-        f"{select_list(User, _USER_COLUMNS, 'u')} FROM state LEFT JOIN ("
-        f"{User._meta.db_table} u JOIN {_MEMBERS_TABLE} m ON m.user_id = u.id "
-        "AND m.funnel_id = %s AND u.is_active AND u.role = %s AND NOT u.is_away"
-        ") ON TRUE ORDER BY u.id",
-        [funnel_id, funnel_id, Role.MANAGER],
-    )
+    with sent_with_next(upsert, [funnel_id]):
+        rows = fetch_joined(
+            [(FunnelIntakeState, _STATE_COLUMNS), (User, _USER_COLUMNS)],
+            f"SELECT {select_list(FunnelIntakeState, _STATE_COLUMNS, 'state')}, "
+            f"{select_list(User, _USER_COLUMNS, 'u')} FROM {table} state LEFT JOIN ("
+            f"{User._meta.db_table} u JOIN {_MEMBERS_TABLE} m ON m.user_id = u.id "
+            "AND m.funnel_id = %s AND u.is_active AND u.role = %s AND NOT u.is_away"
+            ") ON TRUE WHERE state.funnel_id = %s ORDER BY u.id",
+            [funnel_id, Role.MANAGER, funnel_id],
+        )
     (state, _user), *_rest = rows
     return state.last_assigned_id or 0, [user for _state, user in rows if user is not None]
 
