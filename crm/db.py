@@ -58,7 +58,8 @@ def writes_together():
     """Send the ``insert_rows`` and ``write_later`` made inside (the history, summaries,
     tasks, notes and receipts of a request's leads, its round-robin turn) to
     PostgreSQL together when the block ends: one round trip instead of one each,
-    with one ``INSERT ... SELECT FROM unnest(...)`` per table. Their rows only
+    with one ``INSERT ... SELECT FROM unnest(...)`` per table (``insert_rows`` of
+    ``COPY_FROM`` rows or more goes in at once, with COPY). Their rows only
     reference rows written before, and nothing inside reads them back. Nested
     blocks join the outer one. On SQLite every write runs at once.
 
@@ -130,8 +131,9 @@ def sent_with_next(sql: str, params: Sequence = ()):
         else:
             cursor.execute(sql, params)
 
-    separate = connection.vendor != "postgresql" or connection.settings_dict.get("OPTIONS", {}).get(
-        "server_side_binding"
+    separate = (
+        connection.vendor != "postgresql"
+        or connection.settings_dict.get("OPTIONS", {}).get("server_side_binding") is True
     )
     if separate:
         send_alone()

@@ -390,7 +390,9 @@ class _GroupCommit:
                 answers = [error]
             else:
                 if not isinstance(error, _SplitGroup):
-                    logger.warning("A group of %s leads failed; each runs alone", len(group))
+                    logger.warning(
+                        "A group of %s leads failed; each runs alone", len(group), exc_info=True
+                    )
                 answers = [_RunAlone()] * len(group)
         finally:
             if answers is None:  # this thread is being stopped: the others go on alone
