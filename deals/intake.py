@@ -36,6 +36,7 @@ funnel is checked here, from the ``IntakeClient``.
 import contextlib
 import dataclasses
 import logging
+import os
 import threading
 import zlib
 from collections.abc import Sequence
@@ -229,7 +230,9 @@ def lead_intake(
     outcome is the one it would have had alone.
     """
     request = IntakeRequest(client, leads, idempotency_key, fingerprint, raise_on_reject)
-    if len(leads) == 1 and connection.get_autocommit():  # never in the caller's transaction
+    # Only single leads are grouped (a batch of one reports its rejection in its
+    # results, so it may not share), and never in the caller's transaction.
+    if raise_on_reject and len(leads) == 1 and connection.get_autocommit():
         answer = _group_commit.take(request)
     else:
         answer = _requests_intake([request])[0]
@@ -238,8 +241,13 @@ def lead_intake(
     return answer
 
 
-@transaction.atomic
 def _requests_intake(requests: Sequence[IntakeRequest]) -> list[IntakeResult | DomainError]:
+    """``_take_requests`` in a transaction of its own (or the caller's)."""
+    with transaction.atomic():
+        return _take_requests(requests)
+
+
+def _take_requests(requests: Sequence[IntakeRequest]) -> list[IntakeResult | DomainError]:
     """Take several requests in one transaction; return each one's result or error.
 
     Each request gets what it would have got alone, one after the other in the
@@ -266,6 +274,9 @@ def _requests_intake(requests: Sequence[IntakeRequest]) -> list[IntakeResult | D
                 repeats[index] = first_of[ident]
             else:
                 first_of[ident] = index
+    grouped = len(requests) > 1
+    if grouped and repeats:
+        raise _SplitGroup  # each request runs again alone: a retry waits for its first
     for _ident, index in sorted(first_of.items()):  # one order: two groups never deadlock
         request = requests[index]
         try:
@@ -280,17 +291,15 @@ def _requests_intake(requests: Sequence[IntakeRequest]) -> list[IntakeResult | D
         else:
             records[index] = record
 
-    taken = [
-        index for index in range(len(requests)) if answers[index] is None and index not in repeats
-    ]
+    if grouped and any(isinstance(answer, DomainError) for answer in answers):
+        raise _SplitGroup  # rolls the group back: each request runs again alone
+    taken = [index for index in range(len(requests)) if answers[index] is None]
     entries = [(requests[index].client, lead) for index in taken for lead in requests[index].leads]
-    outcomes = iter(_take_leads(entries))
+    # A group stops at its first rejected lead, before writing anything or taking turns.
+    outcomes = iter(_take_leads(entries, split_on_reject=grouped))
     for index in taken:
         request = requests[index]
         answers[index] = _answer(request, [next(outcomes) for _lead in request.leads])
-
-    if repeats or (len(requests) > 1 and any(isinstance(a, DomainError) for a in answers)):
-        raise _SplitGroup  # rolls the group back: each request runs again alone
     stored, failed = [], []
     for index, record in records.items():
         answer = answers[index]
@@ -383,11 +392,16 @@ class _GroupCommit:
             group = [leader, *(t for t in self._queue if t.language == leader.language)]
             self._queue = [t for t in self._queue if t.language != leader.language]
         answers = None
+        taken = False
         try:
-            answers = _requests_intake([ticket.request for ticket in group])
+            with transaction.atomic():
+                answers = _take_requests([ticket.request for ticket in group])
+                taken = True
         except Exception as error:
-            if len(group) == 1:
-                answers = [error]
+            if len(group) == 1 or taken:
+                # Alone, or the commit itself failed: whether it went in is unknown, so
+                # none may run again (a lead without a key would be taken twice).
+                answers = [error] * len(group)
             else:
                 if not isinstance(error, _SplitGroup):
                     logger.warning(
@@ -478,9 +492,12 @@ def _claim_idempotency_key(
 
 def _take_leads(
     entries: Sequence[tuple[IntakeClient, LeadData | InvalidInput]],
+    *,
+    split_on_reject: bool = False,
 ) -> list[dict | DomainError]:
     """Each lead's outcome, in order: the leads of one request or of several, each with
-    the client that posted it."""
+    the client that posted it. With ``split_on_reject`` a rejected lead raises
+    ``_SplitGroup`` before anything is written."""
     layouts: dict[int, FunnelLayout | None] = {}
     outcomes: dict[int, dict | DomainError] = {}
     batches: dict[tuple[int, str], tuple[IntakeClient, FunnelLayout, list[int]]] = {}
@@ -494,6 +511,8 @@ def _take_leads(
             outcomes[index] = error
             continue
         batches.setdefault((layout.funnel.pk, client.label), (client, layout, []))[2].append(index)
+    if split_on_reject and outcomes:
+        raise _SplitGroup
     locks: dict[int, list[LeadData]] = {}
     for (funnel_id, _label), (_client, _layout, indices) in batches.items():
         locks.setdefault(funnel_id, []).extend(entries[index][1] for index in indices)
@@ -503,7 +522,9 @@ def _take_leads(
         for key in sorted(batches):  # in funnel id order: two transactions never deadlock
             client, layout, indices = batches[key]
             batch = {index: entries[index][1] for index in indices}
-            outcomes.update(_FunnelBatch(client, layout, batch).take())
+            outcomes.update(
+                _FunnelBatch(client, layout, batch).take(split_on_reject=split_on_reject)
+            )
     return [outcomes[index] for index in range(len(entries))]
 
 
@@ -603,11 +624,13 @@ class _FunnelBatch:
         self.leads = leads
         self.at = timezone.now()
 
-    def take(self) -> dict[int, dict | DomainError]:
+    def take(self, *, split_on_reject: bool = False) -> dict[int, dict | DomainError]:
         client, funnel = self.client, self.funnel
         try:
             opener = DealOpener(funnel, at=self.at, layout=self.layout)
         except DomainError as error:  # a funnel without stages takes no lead
+            if split_on_reject:
+                raise _SplitGroup from error
             return dict.fromkeys(self.leads, error)
         known = self._known_external_ids()
         open_deals = self._open_deals(opener.contacts)
@@ -639,6 +662,8 @@ class _FunnelBatch:
                         external_id=ext,
                     )
                 except DomainError as error:
+                    if split_on_reject:
+                        raise _SplitGroup from error
                     outcomes[index] = error
                     continue
                 new.append((deal, lead))
@@ -757,22 +782,106 @@ class _FunnelBatch:
 
     def _assign_turns(self, deals: list[Deal]) -> None:
         """Give each deal the next active, present manager after the last one assigned
-        (by id, wrapping), under the funnel's intake row lock: taken once the clients
-        are written, right before the deals, and held until commit."""
+        (by id, wrapping).
+
+        On PostgreSQL, when the intake's transaction is the outermost one, the turns
+        are taken in a short transaction of their own (``_TurnTaker``): batches and
+        groups of one funnel would otherwise queue on its turn row from their deals'
+        insert to their commit. A transaction that then fails has used up its turns
+        (the next lead goes to the manager after them). Elsewhere (SQLite, or inside
+        a caller's transaction) the row is locked here, once the clients are
+        written, and held until commit.
+        """
         if not deals:
             return
-        last, rotation = _lock_intake_state(self.funnel.pk)
-        if not rotation:
+        funnel_id = self.funnel.pk
+        if connection.vendor == "postgresql" and len(connection.atomic_blocks) == 1:
+            rotation = _rotation(funnel_id)
+            if rotation:
+                _turn_taker.take(funnel_id, lambda last: _hand_out(deals, rotation, last))
             return
-        for deal in deals:
-            owner = next((user for user in rotation if user.pk > last), rotation[0])
-            deal.owner = owner
-            last = owner.pk
-        write_later(
-            f"UPDATE {FunnelIntakeState._meta.db_table} SET last_assigned_id = %s "
-            "WHERE funnel_id = %s",
-            [last, self.funnel.pk],
-        )
+        last, rotation = _lock_intake_state(funnel_id)
+        if rotation:
+            write_later(
+                f"UPDATE {FunnelIntakeState._meta.db_table} SET last_assigned_id = %s "
+                "WHERE funnel_id = %s",
+                [_hand_out(deals, rotation, last), funnel_id],
+            )
+
+
+def _hand_out(deals: list[Deal], rotation: list[User], last: int) -> int:
+    """Give the deals their owners in turn after the manager ``last``; return the last
+    one given."""
+    for deal in deals:
+        owner = next((user for user in rotation if user.pk > last), rotation[0])
+        deal.owner = owner
+        last = owner.pk
+    return last
+
+
+_ROTATION_SQL = (
+    f"SELECT {select_list(User, _USER_COLUMNS, 'u')} FROM {User._meta.db_table} u "
+    f"JOIN {_MEMBERS_TABLE} m ON m.user_id = u.id "
+    "WHERE m.funnel_id = %s AND u.is_active AND u.role = %s AND NOT u.is_away ORDER BY u.id"
+)
+
+
+def _rotation(funnel_id: int) -> list[User]:
+    """The managers in turn, by id: the funnel's active members with the manager role
+    who are not away."""
+    return fetch_objects(User, _USER_COLUMNS, _ROTATION_SQL, [funnel_id, Role.MANAGER])
+
+
+class _TurnTaker:
+    """Round-robin turns taken in short transactions of their own, on one PostgreSQL
+    connection per process that its threads share (one at a time): the funnel's turn
+    row is locked for two statements, not until the intake commits. The connection
+    is kept as long as the process when the database connections are persistent
+    (``CONN_MAX_AGE``), else opened for each use."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._connection = None
+        self._pid = None
+
+    def take(self, funnel_id: int, hand_out) -> None:
+        """Lock the funnel's turn row, call ``hand_out(last assigned id or 0)``, store
+        the id it returns, and commit."""
+        table = FunnelIntakeState._meta.db_table
+        with self._lock:
+            side = self._open()
+            try:
+                with side.transaction(), side.cursor() as cursor:
+                    cursor.execute(
+                        f"INSERT INTO {table} (funnel_id) VALUES (%s) ON CONFLICT (funnel_id) "
+                        "DO UPDATE SET funnel_id = EXCLUDED.funnel_id RETURNING last_assigned_id",
+                        [funnel_id],
+                    )
+                    (last,) = cursor.fetchone()
+                    cursor.execute(
+                        f"UPDATE {table} SET last_assigned_id = %s WHERE funnel_id = %s",
+                        [hand_out(last or 0), funnel_id],
+                    )
+            except Exception:
+                self._close()  # a broken connection is opened anew next time
+                raise
+            if not connection.settings_dict["CONN_MAX_AGE"]:
+                self._close()  # kept only where the database connections are kept
+
+    def _open(self):
+        if self._connection is None or self._pid != os.getpid() or self._connection.closed:
+            params = connection.get_connection_params()
+            self._connection = connection.Database.connect(**params)
+            self._pid = os.getpid()
+        return self._connection
+
+    def _close(self) -> None:
+        if self._connection is not None and self._pid == os.getpid():
+            self._connection.close()
+        self._connection = None
+
+
+_turn_taker = _TurnTaker()
 
 
 # What the duplicate check needs of an open deal: its id, owner and age.

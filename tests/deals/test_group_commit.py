@@ -4,6 +4,7 @@ transaction, and each request still gets what it would have got alone."""
 import threading
 
 import pytest
+from django.db import connection
 from django.utils import translation
 
 from crm.errors import InvalidInput
@@ -16,7 +17,14 @@ from deals.intake import (
     LeadData,
     lead_intake,
 )
-from deals.models import Contact, Deal, IntakeIdempotencyRecord, LeadReceipt, Note
+from deals.models import (
+    Contact,
+    Deal,
+    FunnelIntakeState,
+    IntakeIdempotencyRecord,
+    LeadReceipt,
+    Note,
+)
 from tests.factories import FunnelFactory, UserFactory
 
 # ---------------------------------------------------------------- several requests, one transaction
@@ -159,8 +167,8 @@ def _ok(request: IntakeRequest) -> IntakeResult:
 
 
 class _Recorder:
-    """Stands in for ``_requests_intake``: records each group; the first one waits until
-    released, so that the others queue behind it."""
+    """Stands in for ``_take_requests`` (and no database): records each group; the first
+    one waits until released, so that the others queue behind it."""
 
     def __init__(self, fail_groups_over: int | None = None):
         self.groups: list[list[IntakeRequest]] = []
@@ -185,8 +193,27 @@ class _Recorder:
         return [_ok(request) for request in requests]
 
 
-def _post_concurrently(recorder, monkeypatch, count: int, languages=None) -> list:
-    monkeypatch.setattr(intake, "_requests_intake", recorder)
+class _Commit:
+    """Stands in for ``transaction.atomic``; with ``fails`` its commit raises."""
+
+    def __init__(self, fails: bool = False):
+        self.fails = fails
+
+    def __call__(self, *args, **kwargs):
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, trace):
+        if kind is None and self.fails:
+            raise OSError("the connection broke during COMMIT")
+        return False
+
+
+def _post_concurrently(recorder, monkeypatch, count: int, languages=None, commit=None) -> list:
+    monkeypatch.setattr(intake, "_take_requests", recorder)
+    monkeypatch.setattr(intake.transaction, "atomic", commit or _Commit())
     committer = intake._GroupCommit()
     client = IntakeClient(label="key:1", funnel_id=1)
     answers: list = [None] * count
@@ -213,6 +240,7 @@ def _post_concurrently(recorder, monkeypatch, count: int, languages=None) -> lis
     recorder.release.set()
     for thread in [first, *others]:
         thread.join(10)
+        assert not thread.is_alive()  # every thread got its answer
     assert not committer._running and not committer._queue
     return answers
 
@@ -233,10 +261,13 @@ def test_only_leads_in_the_same_language_share_a_group(monkeypatch):
     # The group's messages, deal titles and notes are in its thread's language.
     recorder = _Recorder()
 
-    _post_concurrently(recorder, monkeypatch, 5, languages=["en", "ru", "en", "ru", "en"])
+    answers = _post_concurrently(recorder, monkeypatch, 5, languages=["en", "ru", "en", "ru", "en"])
 
     names = [[request.leads[0].contact_name[-1] for request in g] for g in recorder.groups]
     assert sorted(sorted(group) for group in names) == [["0"], ["1", "3"], ["2", "4"]]
+    assert [answer.results[0]["lead"].contact_name for answer in answers] == [
+        f"Client {n}" for n in range(5)
+    ]
 
 
 def test_if_a_groups_transaction_fails_each_request_runs_again_alone(monkeypatch):
@@ -253,11 +284,22 @@ def test_if_a_groups_transaction_fails_each_request_runs_again_alone(monkeypatch
     assert all(isinstance(answer, IntakeResult) for answer in answers)
 
 
+def test_when_the_commit_fails_no_request_runs_again(monkeypatch):
+    # The commit may have gone in: running the leads again could take them twice.
+    recorder = _Recorder(fail_groups_over=None)
+
+    answers = _post_concurrently(recorder, monkeypatch, 3, commit=_Commit(fails=True))
+
+    assert [len(group) for group in recorder.groups] == [1, 2]
+    assert all(isinstance(answer, OSError) for answer in answers)
+
+
 def test_a_lone_requests_failure_is_its_own(monkeypatch):
     def broken(requests):
         raise RuntimeError("database gone")
 
-    monkeypatch.setattr(intake, "_requests_intake", broken)
+    monkeypatch.setattr(intake, "_take_requests", broken)
+    monkeypatch.setattr(intake.transaction, "atomic", _Commit())
     committer = intake._GroupCommit()
 
     with pytest.raises(RuntimeError, match="database gone"):
@@ -277,3 +319,34 @@ def test_inside_a_transaction_a_lead_is_taken_alone(client, monkeypatch):
     result = lead_intake(client=client, leads=[lead(1)])
 
     assert result.results[0]["status"] == "created"
+
+
+# ---------------------------------------------------------------- turns apart
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL takes turns apart")
+@pytest.mark.django_db(transaction=True)
+def test_turns_are_taken_apart_and_a_failed_lead_uses_its_turn_up(monkeypatch):
+    first, second, third = (UserFactory(username=name) for name in ("m1", "m2", "m3"))
+    funnel = FunnelFactory(members=[first, second, third])
+    client = IntakeClient(label="key:1", funnel_id=funnel.pk)
+
+    def owner(n: int) -> int:
+        result = lead_intake(client=client, leads=[lead(n)], raise_on_reject=True)
+        return result.results[0]["owner_id"]
+
+    assert [owner(1), owner(2)] == [first.pk, second.pk]
+    # The third lead's transaction fails after its turn was taken, and rolls back.
+    real = intake.insert_rows
+
+    def fail_once(*args, **kwargs):
+        monkeypatch.setattr(intake, "insert_rows", real)
+        raise RuntimeError("lost connection")
+
+    monkeypatch.setattr(intake, "insert_rows", fail_once)
+    with pytest.raises(RuntimeError):
+        owner(3)
+    assert Deal.objects.count() == 2
+    # Its turn (the third manager's) is used up: the rotation goes on after it.
+    assert [owner(4), owner(5)] == [first.pk, second.pk]
+    assert FunnelIntakeState.objects.get(funnel=funnel).last_assigned_id == second.pk

@@ -456,6 +456,8 @@ def test_a_single_lead_takes_eight_statements_on_postgresql(client):
     # The funnel's turn is locked as late as it can be: after the client is written,
     # right before the deal.
     turn = next(i for i, sql in enumerate(statements) if "deals_funnelintakestate" in sql)
+    # The upsert that locks the row goes first: the rotation is read once it is held.
+    assert statements[turn].startswith("INSERT INTO deals_funnelintakestate")
     assert 'INSERT INTO "deals_contact"' in statements[turn - 1]
     deal = next(i for i, sql in enumerate(statements) if sql.startswith('INSERT INTO "deals_deal"'))
     assert turn < deal
