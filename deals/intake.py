@@ -34,6 +34,7 @@ funnel is checked here, from the ``IntakeClient``.
 """
 
 import contextlib
+import contextvars
 import dataclasses
 import logging
 import os
@@ -243,8 +244,24 @@ def lead_intake(
 
 def _requests_intake(requests: Sequence[IntakeRequest]) -> list[IntakeResult | DomainError]:
     """``_take_requests`` in a transaction of its own (or the caller's)."""
-    with transaction.atomic():
+    with _own_transaction():
         return _take_requests(requests)
+
+
+# Whether the intake's transaction is its own (not inside a caller's): only then may
+# its round-robin turns be taken apart (``_TurnTaker``).
+_turns_apart: contextvars.ContextVar[bool] = contextvars.ContextVar("turns_apart", default=False)
+
+
+@contextlib.contextmanager
+def _own_transaction():
+    own = connection.vendor == "postgresql" and connection.get_autocommit()
+    token = _turns_apart.set(own)
+    try:
+        with transaction.atomic():
+            yield
+    finally:
+        _turns_apart.reset(token)
 
 
 def _take_requests(requests: Sequence[IntakeRequest]) -> list[IntakeResult | DomainError]:
@@ -347,6 +364,13 @@ class _RunAlone:
     """A group's answer to each of its requests when the group's transaction failed."""
 
 
+def _refused_by_server(error: Exception) -> bool:
+    """PostgreSQL answered with an error (a deferred foreign key, a deadlock): the
+    transaction was rolled back. Without an answer (a lost connection) whether a
+    commit went in is unknown."""
+    return bool(getattr(error.__cause__, "sqlstate", None) or getattr(error, "sqlstate", None))
+
+
 class _GroupCommit:
     """Group commit: the single leads that a process's threads post at the same moment
     share one transaction.
@@ -386,19 +410,19 @@ class _GroupCommit:
         return ticket.answer
 
     def _run_group(self, leader: "_Ticket") -> None:
-        """Run the leader's request with every one queued in the same language (its
-        messages, deal titles and notes are in it), in one transaction."""
+        """Run the leader's request with every one queued of its kind (``_Ticket.kind``),
+        in one transaction."""
         with self._lock:
-            group = [leader, *(t for t in self._queue if t.language == leader.language)]
-            self._queue = [t for t in self._queue if t.language != leader.language]
+            group = [leader, *(t for t in self._queue if t.kind == leader.kind)]
+            self._queue = [t for t in self._queue if t.kind != leader.kind]
         answers = None
         taken = False
         try:
-            with transaction.atomic():
+            with _own_transaction():
                 answers = _take_requests([ticket.request for ticket in group])
                 taken = True
         except Exception as error:
-            if len(group) == 1 or taken:
+            if len(group) == 1 or (taken and not _refused_by_server(error)):
                 # Alone, or the commit itself failed: whether it went in is unknown, so
                 # none may run again (a lead without a key would be taken twice).
                 answers = [error] * len(group)
@@ -428,6 +452,16 @@ class _GroupCommit:
 class _Ticket:
     request: IntakeRequest
     language: str | None = dataclasses.field(default_factory=translation.get_language)
+
+    @property
+    def kind(self) -> tuple:
+        """Tickets of one kind share a group: the same language (of the messages, deal
+        titles and notes), client and funnel. One client and funnel make one batch,
+        which checks all its leads before it writes anything or takes a turn."""
+        lead = self.request.leads[0]
+        funnel_id = getattr(lead, "funnel_id", None) or self.request.client.funnel_id
+        return (self.language, self.request.client.label, funnel_id)
+
     ready: threading.Event = dataclasses.field(default_factory=threading.Event)
     leads: bool = False
     answer: object = None
@@ -784,8 +818,9 @@ class _FunnelBatch:
         """Give each deal the next active, present manager after the last one assigned
         (by id, wrapping).
 
-        On PostgreSQL, when the intake's transaction is the outermost one, the turns
-        are taken in a short transaction of their own (``_TurnTaker``): batches and
+        On PostgreSQL, when the intake's transaction is its own (not inside a
+        caller's), the turns are taken in a short transaction of their own
+        (``_TurnTaker``): batches and
         groups of one funnel would otherwise queue on its turn row from their deals'
         insert to their commit. A transaction that then fails has used up its turns
         (the next lead goes to the manager after them). Elsewhere (SQLite, or inside
@@ -795,7 +830,7 @@ class _FunnelBatch:
         if not deals:
             return
         funnel_id = self.funnel.pk
-        if connection.vendor == "postgresql" and len(connection.atomic_blocks) == 1:
+        if _turns_apart.get():
             rotation = _rotation(funnel_id)
             if rotation:
                 _turn_taker.take(funnel_id, lambda last: _hand_out(deals, rotation, last))
@@ -865,14 +900,20 @@ class _TurnTaker:
             except Exception:
                 self._close()  # a broken connection is opened anew next time
                 raise
-            if not connection.settings_dict["CONN_MAX_AGE"]:
+            if connection.settings_dict["CONN_MAX_AGE"] == 0:
                 self._close()  # kept only where the database connections are kept
 
     def _open(self):
         if self._connection is None or self._pid != os.getpid() or self._connection.closed:
             params = connection.get_connection_params()
-            self._connection = connection.Database.connect(**params)
-            self._pid = os.getpid()
+            side = connection.Database.connect(**params)
+            # A lost turn is harmless: no need to wait for the disk. And never wait on
+            # the turn row for long: something would be wrong (a caller's transaction
+            # holding it), and the intake's own locks wait with it.
+            side.execute("SET synchronous_commit = off")
+            side.execute("SET lock_timeout = '5s'")
+            side.commit()
+            self._connection, self._pid = side, os.getpid()
         return self._connection
 
     def _close(self) -> None:

@@ -194,9 +194,9 @@ class _Recorder:
 
 
 class _Commit:
-    """Stands in for ``transaction.atomic``; with ``fails`` its commit raises."""
+    """Stands in for ``_own_transaction``; with ``fails`` its commit raises."""
 
-    def __init__(self, fails: bool = False):
+    def __init__(self, fails: type[Exception] | None = None):
         self.fails = fails
 
     def __call__(self, *args, **kwargs):
@@ -207,21 +207,28 @@ class _Commit:
 
     def __exit__(self, kind, error, trace):
         if kind is None and self.fails:
-            raise OSError("the connection broke during COMMIT")
+            raise self.fails("COMMIT failed")
         return False
 
 
-def _post_concurrently(recorder, monkeypatch, count: int, languages=None, commit=None) -> list:
+class _Refused(Exception):
+    sqlstate = "23503"  # PostgreSQL's answer: a deferred foreign key failed, all rolled back
+
+
+def _post_concurrently(
+    recorder, monkeypatch, count: int, languages=None, commit=None, labels=None
+) -> list:
     monkeypatch.setattr(intake, "_take_requests", recorder)
-    monkeypatch.setattr(intake.transaction, "atomic", commit or _Commit())
+    monkeypatch.setattr(intake, "_own_transaction", commit or _Commit())
     committer = intake._GroupCommit()
     client = IntakeClient(label="key:1", funnel_id=1)
     answers: list = [None] * count
 
     def post(n: int) -> None:
         try:
+            who = IntakeClient(label=labels[n], funnel_id=1) if labels else client
             with translation.override(languages[n] if languages else "en"):
-                answers[n] = committer.take(single(client, lead(n)))
+                answers[n] = committer.take(single(who, lead(n)))
         except Exception as error:  # the test looks at it
             answers[n] = error
 
@@ -288,10 +295,37 @@ def test_when_the_commit_fails_no_request_runs_again(monkeypatch):
     # The commit may have gone in: running the leads again could take them twice.
     recorder = _Recorder(fail_groups_over=None)
 
-    answers = _post_concurrently(recorder, monkeypatch, 3, commit=_Commit(fails=True))
+    answers = _post_concurrently(recorder, monkeypatch, 3, commit=_Commit(fails=OSError))
 
     assert [len(group) for group in recorder.groups] == [1, 2]
     assert all(isinstance(answer, OSError) for answer in answers)
+
+
+def test_when_postgresql_refuses_the_commit_each_request_runs_again_alone(monkeypatch):
+    # An error answered by the server (a deferred foreign key, say) rolled it all back.
+    recorder = _Recorder()
+
+    class RefusedForGroups(_Commit):
+        def __exit__(self, kind, error, trace):
+            if kind is None and len(recorder.groups[-1]) > 1:
+                raise _Refused("COMMIT failed")
+            return False
+
+    answers = _post_concurrently(recorder, monkeypatch, 3, commit=RefusedForGroups())
+
+    assert [len(group) for group in recorder.groups] == [1, 2, 1, 1]
+    assert all(isinstance(answer, IntakeResult) for answer in answers)
+
+
+def test_only_leads_of_one_client_share_a_group(monkeypatch):
+    # One client and funnel make one batch, checked whole before anything is written.
+    recorder = _Recorder()
+
+    labels = ["key:1", "key:2", "key:1", "key:2", "key:1"]
+    _post_concurrently(recorder, monkeypatch, 5, labels=labels)
+
+    names = [[request.leads[0].contact_name[-1] for request in g] for g in recorder.groups]
+    assert sorted(sorted(group) for group in names) == [["0"], ["1", "3"], ["2", "4"]]
 
 
 def test_a_lone_requests_failure_is_its_own(monkeypatch):
@@ -299,7 +333,7 @@ def test_a_lone_requests_failure_is_its_own(monkeypatch):
         raise RuntimeError("database gone")
 
     monkeypatch.setattr(intake, "_take_requests", broken)
-    monkeypatch.setattr(intake.transaction, "atomic", _Commit())
+    monkeypatch.setattr(intake, "_own_transaction", _Commit())
     committer = intake._GroupCommit()
 
     with pytest.raises(RuntimeError, match="database gone"):
