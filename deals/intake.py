@@ -379,11 +379,12 @@ class _GroupCommit:
     lead or a hundred) and the commit's flush to disk, so leads taken together cost
     little more than one. No lead waits for company: a thread that finds no group
     running takes its own lead at once, with any queued beside it, and the leads
-    that arrive meanwhile queue for the next group, which one of them runs. The
-    answers are handed out after the commit. If the group's transaction fails
-    (anything but a lead's own error, which is only that lead's answer), nothing of
-    it was stored and each request runs again alone, so that one bad request cannot
-    fail the others.
+    that arrive meanwhile queue for the next group, which one of them runs; a group
+    holds requests of one kind (``_Ticket.kind``). The answers are handed out after
+    the commit. If the group's transaction fails before its commit, or PostgreSQL
+    refuses the commit, nothing of it was stored and each request runs again alone,
+    so that one bad request cannot fail the others. If the connection is lost
+    during the commit, whether it went in is unknown: every request gets the error.
     """
 
     def __init__(self):
@@ -452,6 +453,9 @@ class _GroupCommit:
 class _Ticket:
     request: IntakeRequest
     language: str | None = dataclasses.field(default_factory=translation.get_language)
+    ready: threading.Event = dataclasses.field(default_factory=threading.Event)
+    leads: bool = False  # this ticket's thread runs a group
+    answer: object = None
 
     @property
     def kind(self) -> tuple:
@@ -461,10 +465,6 @@ class _Ticket:
         lead = self.request.leads[0]
         funnel_id = getattr(lead, "funnel_id", None) or self.request.client.funnel_id
         return (self.language, self.request.client.label, funnel_id)
-
-    ready: threading.Event = dataclasses.field(default_factory=threading.Event)
-    leads: bool = False
-    answer: object = None
 
 
 _group_commit = _GroupCommit()
@@ -820,12 +820,11 @@ class _FunnelBatch:
 
         On PostgreSQL, when the intake's transaction is its own (not inside a
         caller's), the turns are taken in a short transaction of their own
-        (``_TurnTaker``): batches and
-        groups of one funnel would otherwise queue on its turn row from their deals'
-        insert to their commit. A transaction that then fails has used up its turns
-        (the next lead goes to the manager after them). Elsewhere (SQLite, or inside
-        a caller's transaction) the row is locked here, once the clients are
-        written, and held until commit.
+        (``_TurnTaker``): batches and groups of one funnel would otherwise queue on
+        its turn row from their deals' insert to their commit. A transaction that
+        then fails has used up its turns (the next lead goes to the manager after
+        them). Elsewhere (SQLite, or inside a caller's transaction) the row is
+        locked here, once the clients are written, and held until commit.
         """
         if not deals:
             return
