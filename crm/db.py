@@ -90,6 +90,15 @@ def write_later(sql: str, params: Sequence = ()) -> None:
         cursor.execute(sql, params)
 
 
+def _statements_together() -> bool:
+    """Whether one execute may carry several statements: on PostgreSQL with psycopg's
+    client-side binding (Django's default), which sends them as one simple query."""
+    return (
+        connection.vendor == "postgresql"
+        and connection.settings_dict.get("OPTIONS", {}).get("server_side_binding") is not True
+    )
+
+
 def _flush_pending() -> None:
     pending = _pending.get()
     if not pending:
@@ -97,12 +106,10 @@ def _flush_pending() -> None:
     statements = list(pending)
     pending.clear()
     with connection.cursor() as cursor:
-        if connection.settings_dict.get("OPTIONS", {}).get("server_side_binding"):
+        if not _statements_together():
             for sql, params in statements:  # the extended protocol takes one at a time
                 cursor.execute(sql, params)
             return
-        # Several statements in one execute: psycopg's client-side binding (Django's
-        # default) sends them as one simple query.
         cursor.execute(
             ";\n".join(sql for sql, _params in statements),
             [param for _sql, params in statements for param in params],
@@ -131,11 +138,7 @@ def sent_with_next(sql: str, params: Sequence = ()):
         else:
             cursor.execute(sql, params)
 
-    separate = (
-        connection.vendor != "postgresql"
-        or connection.settings_dict.get("OPTIONS", {}).get("server_side_binding") is True
-    )
-    if separate:
+    if not _statements_together():
         send_alone()
         yield
         return
@@ -147,9 +150,7 @@ def sent_with_next(sql: str, params: Sequence = ()):
         if many or named or not isinstance(query_params, list | tuple):
             send_alone(context["cursor"])
             return execute(query, query_params, many, context)
-        state["sent"] = True
-        # Client-side binding (Django's default) sends both as one simple query; the
-        # cursor then moves on to the second one's result.
+        state["sent"] = True  # both in one simple query; then on to the second's result
         result = execute(f"{sql};\n{query}", [*params, *query_params], many, context)
         context["cursor"].nextset()
         return result

@@ -470,16 +470,6 @@ class _Ticket:
 _group_commit = _GroupCommit()
 
 
-def _key_reused() -> IdempotencyKeyReused:
-    message = _(
-        "This Idempotency-Key was used for a different request. Use a new key for a new request."
-    )
-    return IdempotencyKeyReused(
-        message,
-        fields={"Idempotency-Key": _("Already used for another request body.")},
-    )
-
-
 _RECORD_TABLE = IntakeIdempotencyRecord._meta.db_table
 _RECORD_COLUMNS = tuple(field.name for field in IntakeIdempotencyRecord._meta.concrete_fields)
 
@@ -520,7 +510,13 @@ def _claim_idempotency_key(
         [client.label, key],
     )
     if record.fingerprint != fingerprint:
-        raise _key_reused()
+        raise IdempotencyKeyReused(
+            _(
+                "This Idempotency-Key was used for a different request. "
+                "Use a new key for a new request."
+            ),
+            fields={"Idempotency-Key": _("Already used for another request body.")},
+        )
     return record
 
 
@@ -836,11 +832,7 @@ class _FunnelBatch:
             return
         last, rotation = _lock_intake_state(funnel_id)
         if rotation:
-            write_later(
-                f"UPDATE {FunnelIntakeState._meta.db_table} SET last_assigned_id = %s "
-                "WHERE funnel_id = %s",
-                [_hand_out(deals, rotation, last), funnel_id],
-            )
+            write_later(_TURN_STORE, [_hand_out(deals, rotation, last), funnel_id])
 
 
 def _hand_out(deals: list[Deal], rotation: list[User], last: int) -> int:
@@ -852,6 +844,15 @@ def _hand_out(deals: list[Deal], rotation: list[User], last: int) -> int:
         last = owner.pk
     return last
 
+
+_STATE_TABLE = FunnelIntakeState._meta.db_table
+# The funnel's turn row, created on first use and locked (an upsert locks the row it
+# touches, on both databases); then the last manager assigned, stored.
+_TURN_LOCK = (
+    f"INSERT INTO {_STATE_TABLE} (funnel_id) VALUES (%s) "
+    "ON CONFLICT (funnel_id) DO UPDATE SET funnel_id = EXCLUDED.funnel_id"
+)
+_TURN_STORE = f"UPDATE {_STATE_TABLE} SET last_assigned_id = %s WHERE funnel_id = %s"
 
 _ROTATION_SQL = (
     f"SELECT {select_list(User, _USER_COLUMNS, 'u')} FROM {User._meta.db_table} u "
@@ -881,21 +882,13 @@ class _TurnTaker:
     def take(self, funnel_id: int, hand_out) -> None:
         """Lock the funnel's turn row, call ``hand_out(last assigned id or 0)``, store
         the id it returns, and commit."""
-        table = FunnelIntakeState._meta.db_table
         with self._lock:
             side = self._open()
             try:
                 with side.transaction(), side.cursor() as cursor:
-                    cursor.execute(
-                        f"INSERT INTO {table} (funnel_id) VALUES (%s) ON CONFLICT (funnel_id) "
-                        "DO UPDATE SET funnel_id = EXCLUDED.funnel_id RETURNING last_assigned_id",
-                        [funnel_id],
-                    )
+                    cursor.execute(f"{_TURN_LOCK} RETURNING last_assigned_id", [funnel_id])
                     (last,) = cursor.fetchone()
-                    cursor.execute(
-                        f"UPDATE {table} SET last_assigned_id = %s WHERE funnel_id = %s",
-                        [hand_out(last or 0), funnel_id],
-                    )
+                    cursor.execute(_TURN_STORE, [hand_out(last or 0), funnel_id])
             except Exception:
                 self._close()  # a broken connection is opened anew next time
                 raise
@@ -943,23 +936,15 @@ def _lock_intake_state(funnel_id: int) -> tuple[int, list[User]]:
     of the last manager assigned (0 for none) and the managers in turn, by id: the
     funnel's active members with the manager role who are not away.
 
-    An upsert locks the row it touches, on both databases. On PostgreSQL it goes in
-    the same round trip as the read, which runs after it: it sees the row and the
-    members as they are once the lock is held.
+    On PostgreSQL the lock goes in the same round trip as the read, which runs after
+    it: it sees the row and the members as they are once the lock is held.
     """
-    table = FunnelIntakeState._meta.db_table
-    upsert = (
-        f"INSERT INTO {table} (funnel_id) VALUES (%s) "
-        "ON CONFLICT (funnel_id) DO UPDATE SET funnel_id = EXCLUDED.funnel_id"
-    )
-    with sent_with_next(upsert, [funnel_id]):
+    with sent_with_next(_TURN_LOCK, [funnel_id]):
         rows = fetch_joined(
             [(FunnelIntakeState, _STATE_COLUMNS), (User, _USER_COLUMNS)],
             f"SELECT {select_list(FunnelIntakeState, _STATE_COLUMNS, 'state')}, "
-            f"{select_list(User, _USER_COLUMNS, 'u')} FROM {table} state LEFT JOIN ("
-            f"{User._meta.db_table} u JOIN {_MEMBERS_TABLE} m ON m.user_id = u.id "
-            "AND m.funnel_id = %s AND u.is_active AND u.role = %s AND NOT u.is_away"
-            ") ON TRUE WHERE state.funnel_id = %s ORDER BY u.id",
+            f"{select_list(User, _USER_COLUMNS, 'u')} FROM {_STATE_TABLE} state "
+            f"LEFT JOIN ({_ROTATION_SQL}) u ON TRUE WHERE state.funnel_id = %s ORDER BY u.id",
             [funnel_id, Role.MANAGER, funnel_id],
         )
     (state, _user), *_rest = rows
